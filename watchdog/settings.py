@@ -626,10 +626,11 @@ def masked(settings: Settings) -> dict[str, Any]:
 
 
 def _mask_url(url: str) -> str:
-    """Keep scheme, host and path; hide user-info and the query (tokens often live there)."""
+    """Keep scheme and host; hide user-info, path and query (Slack and healthchecks.io URLs
+    carry their secret in the path)."""
     parts = urlsplit(url)
-    shown = redact_url(url) + parts.path
-    return shown + ("?********" if parts.query else "")
+    hidden = parts.path.strip("/") or parts.query
+    return redact_url(url) + ("/********" if hidden else "")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,5 @@
+"""``python -m watchdog`` is ``sd-watchdog``."""
+
+from watchdog.cli import main
+
+main()
