@@ -7,6 +7,7 @@ fields and the webhook payload.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -225,6 +226,14 @@ class ApiErrorInfo:
     will_retry: bool
     message: str
     task_key: str | None = None
+
+
+_STATUS_NOISE = re.compile(r"[\s_\-]+")
+
+
+def normalise_status(text: str) -> str:
+    """Case-insensitive, ignoring spaces, ``_`` and ``-`` ("To Review" = "toreview")."""
+    return _STATUS_NOISE.sub("", text).lower()
 
 
 def iso(value: datetime | None) -> str | None:

@@ -36,7 +36,7 @@ from pydantic_settings import (
 )
 
 from watchdog.errors import ConfigError
-from watchdog.models import Rule
+from watchdog.models import Rule, normalise_status
 
 ENV_PREFIX = "WATCHDOG_"
 
@@ -248,11 +248,6 @@ class PhasesSettings(_Section):
                     raise ValueError(f"status {entry!r} is listed in both {seen[norm]} and {phase}")
                 seen[norm] = phase
         return self
-
-
-def normalise_status(text: str) -> str:
-    """Case-insensitive, ignoring spaces, ``_`` and ``-`` ("To Review" = "toreview")."""
-    return re.sub(r"[\s_\-]+", "", text).lower()
 
 
 class WebhookSettings(_Section):
@@ -575,10 +570,12 @@ def _check_files(settings: Settings) -> None:
             try:
                 if not hook.secret_file.read_text(encoding="utf-8").strip():
                     problems.append((f"alerts.webhooks.{i}.secret_file", "the file is empty"))
-            except (OSError, UnicodeDecodeError) as exc:
+            except OSError as exc:
                 problems.append(
                     (f"alerts.webhooks.{i}.secret_file", f"cannot read: {exc.strerror or exc}")
                 )
+            except UnicodeDecodeError:
+                problems.append((f"alerts.webhooks.{i}.secret_file", "not UTF-8 text"))
     if problems:
         raise ConfigError(problems)
 
