@@ -1,0 +1,475 @@
+"""One poll cycle: fetch every due task → classify → evaluate rules → alert transitions → one
+``cycle.completed`` summary. The cycle is the last catch for trouble with the API: a failed
+poll is no evidence either way and never escapes as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+
+from watchdog import alerts as alert_engine
+from watchdog.alerts import Alert, AlertStatus, Change, Policy, Transition
+from watchdog.clock import Clock
+from watchdog.logs import Logger, get_logger
+from watchdog.models import (
+    API_KEY,
+    DEFAULT_SEVERITY,
+    ApiErrorInfo,
+    Deferred,
+    Finding,
+    NotFound,
+    Observed,
+    Phase,
+    PollFailed,
+    PollResult,
+    Rule,
+    TaskRef,
+    TaskStatus,
+    iso,
+)
+from watchdog.phases import PhaseTable, classify
+from watchdog.rules import TaskHistory, clock_offset, evaluate, not_found_finding, update_history
+from watchdog.settings import Settings, Thresholds
+
+#: the rules a successful observation can judge (``task_not_found`` clears when a task is seen)
+_OBSERVED_SCOPE = frozenset(Rule) - {Rule.API_UNAVAILABLE}
+_NOT_FOUND_SCOPE = frozenset({Rule.TASK_NOT_FOUND})
+_API_REF = TaskRef(key=API_KEY)
+
+
+class Poller(Protocol):
+    async def poll(self, ref: TaskRef, *, deadline: float | None = None) -> PollResult: ...
+
+
+@dataclass(slots=True)
+class TaskState:
+    """What the watchdog knows about one watched task."""
+
+    ref: TaskRef
+    status: TaskStatus | None = None
+    phase: Phase | None = None
+    history: TaskHistory | None = None
+    polled_at: datetime | None = None
+    not_found_streak: int = 0
+    #: monotonic time before which the task is not polled (done, deferred)
+    due: float = 0.0
+    finished: bool = False
+    last_outcome: str = "pending"  # observed | not_found | failed | deferred | pending
+    alerts: dict[Rule, Alert] = field(default_factory=dict)
+
+    def firing(self) -> list[Alert]:
+        return [a for a in self.alerts.values() if a.status is AlertStatus.FIRING]
+
+    @property
+    def phase_name(self) -> str:
+        if self.last_outcome == "not_found":
+            return "not_found"
+        return self.phase.value if self.phase is not None else "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class CycleReport:
+    cycle_id: str
+    started_at: datetime
+    polled: int
+    failed: int
+    skipped: int
+    stuck: int
+    duration_s: float
+    api_errors: int
+    api_unavailable: bool
+    auth_rejected: bool
+    transitions: Sequence[Transition] = ()
+
+
+class Watcher:
+    """Owns the watched set and its state; ``run_cycle`` is one poll cycle."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        poller: Poller,
+        clock: Clock,
+        *,
+        log: Logger | None = None,
+    ) -> None:
+        self._settings = settings
+        self._poller = poller
+        self._clock = clock
+        self._log = log or get_logger()
+        self._table = PhaseTable.build(settings.phases)
+        self._thresholds = Thresholds.from_settings(settings.rules)
+        self._policy = Policy(
+            repeat_interval=settings.alerts.repeat_interval,
+            flap_threshold=settings.alerts.flap_threshold,
+            flap_window=settings.alerts.flap_window,
+            hold=dict(settings.rules.for_),
+        )
+        self.tasks: dict[str, TaskState] = {}
+        self.api_alerts: dict[Rule, Alert] = {}
+        self._all_failed_streak = 0
+        self._unknown_seen: set[str] = set()
+        self._skew_logged = False
+        self._cycle_api_errors = 0
+        self._suppress_api_errors = False
+        self.cycles = 0
+
+    # --- the watched set -------------------------------------------------------------------
+
+    def set_tasks(self, refs: Iterable[TaskRef]) -> list[Transition]:
+        """Replace the watched set; tasks that stay keep their state, leavers resolve."""
+        wanted = {ref.key: ref for ref in refs}
+        now = self._clock.now()
+        changes: list[Transition] = []
+        for key in [k for k in self.tasks if k not in wanted]:
+            state = self.tasks.pop(key)
+            _, resolved = alert_engine.resolve_all(state.alerts, now, "unwatched")
+            changes += resolved
+        for key, ref in wanted.items():
+            if key not in self.tasks:
+                self.tasks[key] = TaskState(ref=ref)
+        self._report(changes)
+        return changes
+
+    @property
+    def api_down(self) -> bool:
+        alert = self.api_alerts.get(Rule.API_UNAVAILABLE)
+        return alert is not None and alert.firing
+
+    def on_api_error(self, info: ApiErrorInfo) -> None:
+        """The client's error hook: count every failed attempt, log unless the API is down."""
+        self._cycle_api_errors += 1
+        if self._suppress_api_errors:
+            return
+        self._log.warning(
+            "api.error",
+            status=info.status,
+            error=info.error,
+            attempt=info.attempt,
+            will_retry=info.will_retry,
+            endpoint=info.endpoint,
+            message=info.message,
+            **_task_fields_from_key(info.task_key, self.tasks),
+        )
+
+    # --- one cycle ---------------------------------------------------------------------------
+
+    async def run_cycle(self) -> CycleReport:
+        cycle_id = uuid.uuid4().hex[:12]
+        structlog.contextvars.bind_contextvars(cycle_id=cycle_id)
+        try:
+            return await self._run_cycle(cycle_id)
+        finally:
+            structlog.contextvars.unbind_contextvars("cycle_id")
+
+    async def _run_cycle(self, cycle_id: str) -> CycleReport:
+        started_at = self._clock.now()
+        started = time.perf_counter()
+        start_mono = self._clock.monotonic()
+        interval = self._settings.poll.interval
+        # A due time within a small slack of the cycle counts as due: a task every
+        # ``done_interval`` must not slip a whole cycle because of jitter.
+        horizon = start_mono + min(interval * 0.1, 1.0)
+        due = [s for s in self.tasks.values() if s.due <= horizon]
+        skipped = len(self.tasks) - len(due)
+        self._cycle_api_errors = 0
+        self._suppress_api_errors = self.api_down
+
+        results = await self._poll_all(due, deadline=start_mono + interval)
+        now = self._clock.now()
+        changes: list[Transition] = []
+        changes += self._judge_api(results, now)
+        polled = failed = 0
+        auth_rejected = False
+        for state, result in zip(due, results, strict=True):
+            if isinstance(result, Observed | NotFound):
+                polled += 1
+            elif isinstance(result, Deferred):
+                skipped += 1
+                state.due = result.until
+                state.last_outcome = "deferred"
+                continue
+            else:
+                failed += 1
+                auth_rejected = auth_rejected or result.auth
+            changes += self._apply(state, result, now)
+        if not self.api_down:
+            for state in self.tasks.values():
+                state.alerts = alert_engine.prune(state.alerts, now, self._policy)
+
+        stuck = sum(1 for s in self.tasks.values() if s.firing())
+        duration = time.perf_counter() - started
+        self.cycles += 1
+        self._log.info(
+            "cycle.completed",
+            polled=polled,
+            failed=failed,
+            skipped=skipped,
+            stuck=stuck,
+            duration_s=round(duration, 3),
+            tasks=len(self.tasks),
+            api_errors=self._cycle_api_errors,
+        )
+        return CycleReport(
+            cycle_id=cycle_id,
+            started_at=started_at,
+            polled=polled,
+            failed=failed,
+            skipped=skipped,
+            stuck=stuck,
+            duration_s=duration,
+            api_errors=self._cycle_api_errors,
+            api_unavailable=self.api_down,
+            auth_rejected=auth_rejected,
+            transitions=changes,
+        )
+
+    async def _poll_all(self, due: list[TaskState], *, deadline: float) -> list[PollResult]:
+        """Poll with at most ``concurrency`` workers; results in the order of ``due``."""
+        results: list[PollResult | None] = [None] * len(due)
+        work: Iterator[tuple[int, TaskState]] = iter(enumerate(due))
+
+        async def worker() -> None:
+            for index, state in work:
+                results[index] = await self._poller.poll(state.ref, deadline=deadline)
+
+        workers = min(self._settings.api.concurrency, len(due))
+        async with asyncio.TaskGroup() as group:
+            for n in range(workers):
+                group.create_task(worker(), name=f"poll-worker-{n}")
+        return [r for r in results if r is not None]  # every slot is filled by now
+
+    # --- the API as a whole --------------------------------------------------------------------
+
+    def _judge_api(self, results: Sequence[PollResult], now: datetime) -> list[Transition]:
+        if not results:
+            return []  # a cycle that sent no request neither counts nor breaks the streak
+        healthy = any(_api_answered(r) for r in results)
+        rejected = [r for r in results if isinstance(r, PollFailed) and r.auth]
+        if healthy:
+            self._all_failed_streak = 0
+            finding = None
+        else:
+            self._all_failed_streak += 1
+            finding = _api_finding(rejected, len(results), self._all_failed_streak)
+        if finding is None and not healthy:
+            return []  # one bad cycle is not yet an outage; nothing resolves either
+        findings = [finding] if finding is not None else []
+        self.api_alerts, changes = alert_engine.step(
+            self.api_alerts,
+            findings,
+            _API_REF,
+            now,
+            Policy(repeat_interval=self._policy.repeat_interval, flap_threshold=0),
+            scope=(Rule.API_UNAVAILABLE,),
+        )
+        self._report(changes)
+        return changes
+
+    # --- one task ------------------------------------------------------------------------------
+
+    def _apply(self, state: TaskState, result: PollResult, now: datetime) -> list[Transition]:
+        frozen = self.api_down  # while the API is down, task alerts neither fire nor resolve
+        if isinstance(result, PollFailed | Deferred):
+            state.last_outcome = "failed"
+            return []
+        state.polled_at = now
+        state.due = 0.0
+        if isinstance(result, NotFound):
+            return self._not_found(state, now, frozen)
+        return self._observed(state, result, now, frozen)
+
+    def _not_found(self, state: TaskState, now: datetime, frozen: bool) -> list[Transition]:
+        state.not_found_streak += 1
+        state.last_outcome = "not_found"
+        if state.not_found_streak == 1:
+            self._log.info("task.not_found", **_task_fields(state.ref))
+        finding = not_found_finding(state.ref, state.not_found_streak)
+        if frozen:
+            return []
+        return self._step(state, [finding] if finding else [], now, scope=_NOT_FOUND_SCOPE)
+
+    def _observed(
+        self, state: TaskState, result: Observed, now: datetime, frozen: bool
+    ) -> list[Transition]:
+        status = result.status
+        state.not_found_streak = 0
+        state.last_outcome = "observed"
+        verdict = classify(status, self._table)
+        if verdict.unknown is not None and verdict.unknown not in self._unknown_seen:
+            self._unknown_seen.add(verdict.unknown)
+            self._log.warning(
+                "task.unknown_status",
+                **_task_fields(state.ref, status),
+                status=verdict.unknown,
+                task_status=status.task_status,
+                task_status_text=status.task_status_text,
+                assumed_phase=verdict.phase.value,
+            )
+        phase = verdict.phase
+        state.status = status
+        state.phase = phase
+        state.history = update_history(state.history, status, phase, now)
+        offset = clock_offset(result.server_date, now)
+        if offset and not self._skew_logged:
+            self._skew_logged = True
+            self._log.warning(
+                "clock.skew",
+                offset_s=round(offset.total_seconds(), 1),
+                server_date=iso(result.server_date),
+                local_time=iso(now),
+            )
+        if phase is Phase.DONE:
+            done_interval = self._settings.poll.done_interval
+            state.due = (
+                self._clock.monotonic() + done_interval if done_interval > 0 else float("inf")
+            )
+            if not state.finished:
+                state.finished = True
+                self._log.info(
+                    "task.finished",
+                    **_task_fields(state.ref, status),
+                    task_status=status.task_status,
+                    task_status_text=status.task_status_text,
+                )
+        else:
+            state.finished = False
+        if frozen:
+            return []
+        findings = evaluate(state.ref, status, phase, state.history, self._thresholds, now, offset)
+        reason = "finished" if phase is Phase.DONE else "cleared"
+        return self._step(
+            state, findings, now, scope=_OBSERVED_SCOPE, reason=reason, force=reason != "cleared"
+        )
+
+    def _step(
+        self,
+        state: TaskState,
+        findings: Sequence[Finding],
+        now: datetime,
+        *,
+        scope: frozenset[Rule],
+        reason: str = "cleared",
+        force: bool = False,
+    ) -> list[Transition]:
+        state.alerts, changes = alert_engine.step(
+            state.alerts, findings, state.ref, now, self._policy,
+            scope=scope, reason=reason, force=force,
+        )  # fmt: skip
+        self._report(changes, state.status)
+        return changes
+
+    # --- reporting -----------------------------------------------------------------------------
+
+    def _report(self, changes: Sequence[Transition], status: TaskStatus | None = None) -> None:
+        for change in changes:
+            alert = change.alert
+            fields = {
+                "rule": alert.rule.value,
+                "severity": alert.severity.label,
+                "fingerprint": alert.fingerprint,
+            }
+            if alert.key == API_KEY:
+                if change.change is Change.FIRED:
+                    self._log.error(
+                        "api.unavailable", **fields, summary=alert.summary, evidence=alert.evidence
+                    )
+                elif change.change is Change.RESOLVED:
+                    self._log.info("api.recovered", **fields)
+                continue
+            task = {"task_id": alert.task_id, "external_id": alert.external_id}
+            if status is not None:
+                task = _task_fields_for(alert, status)
+            if change.change is Change.FIRED:
+                self._log.warning(
+                    "task.stuck",
+                    **task,
+                    **fields,
+                    summary=alert.summary,
+                    evidence=alert.evidence,
+                    starts_at=iso(alert.starts_at),
+                )
+            elif change.change is Change.RESOLVED:
+                self._log.info(
+                    "task.recovered",
+                    **task,
+                    **fields,
+                    reason=change.reason,
+                    starts_at=iso(alert.starts_at),
+                    ends_at=iso(alert.ends_at),
+                )
+            elif change.change is Change.FLAPPING:
+                self._log.warning(
+                    "alert.flapping",
+                    **task,
+                    **fields,
+                    flips=len(alert.flips),
+                    summary=alert.summary,
+                )
+
+
+def _api_answered(result: PollResult) -> bool:
+    """An answer with neither 401/403 nor 5xx proves the API is up (a 200 with junk too)."""
+    if isinstance(result, Observed | NotFound):
+        return True
+    if isinstance(result, PollFailed):
+        return result.api_ok
+    return result.status is not None and result.status < 500 and result.status not in (401, 403)
+
+
+def _api_finding(rejected: list[PollFailed], requests: int, streak: int) -> Finding | None:
+    severity = DEFAULT_SEVERITY[Rule.API_UNAVAILABLE]
+    if rejected:
+        status = rejected[0].status
+        return Finding(
+            Rule.API_UNAVAILABLE,
+            severity,
+            f"the SmartDocumentor API rejects our credentials (HTTP {status or 'token refused'})",
+            {
+                "observed": {"status": status, "error": rejected[0].error},
+                "threshold": {"auth_rejected": True},
+                "computed": "a status request answered 401/403 (after a fresh token)",
+            },
+        )
+    if streak >= 2:
+        return Finding(
+            Rule.API_UNAVAILABLE,
+            severity,
+            f"every status request failed for {streak} consecutive cycles",
+            {
+                "observed": {"consecutive_failed_cycles": streak, "requests_last_cycle": requests},
+                "threshold": {"consecutive_failed_cycles": 2},
+                "computed": "cycles in which every status request failed",
+            },
+        )
+    return None
+
+
+def _task_fields(ref: TaskRef, status: TaskStatus | None = None) -> dict[str, object]:
+    task_id = ref.task_id if ref.task_id is not None else (status.task_id if status else None)
+    external = (
+        ref.external_id if ref.external_id is not None else (status.external_id if status else None)
+    )
+    return {"task_id": task_id, "external_id": external}
+
+
+def _task_fields_for(alert: Alert, status: TaskStatus) -> dict[str, object]:
+    return {
+        "task_id": alert.task_id if alert.task_id is not None else status.task_id,
+        "external_id": alert.external_id if alert.external_id is not None else status.external_id,
+    }
+
+
+def _task_fields_from_key(key: str | None, tasks: dict[str, TaskState]) -> dict[str, object]:
+    if key is None or key not in tasks:
+        return {}
+    state = tasks[key]
+    return _task_fields(state.ref, state.status)
