@@ -26,7 +26,7 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/coverage erase
-	COVERAGE_PROCESS_START=$(CURDIR)/pyproject.toml $(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest --cov --cov-report=term
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage*

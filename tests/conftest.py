@@ -55,9 +55,7 @@ def make_settings(base_url: str = "http://127.0.0.1:9", **sections: dict[str, An
     api.update(sections.pop("api", {}))
     if "client_id" in api:
         api.pop("token", None)
-    return load_settings(
-        None, use_default_secrets_dir=False, overrides={"api": api, **sections}
-    )
+    return load_settings(None, use_default_secrets_dir=False, overrides={"api": api, **sections})
 
 
 @pytest.fixture(autouse=True)

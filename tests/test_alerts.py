@@ -107,7 +107,7 @@ NO_REPEAT = Policy(repeat_interval=0, flap_threshold=0)
                 (3671, "resolved"),
             ],
             id="flapping-held-until-stable-for-window",
-        ),  # fmt: skip
+        ),
         pytest.param(
             [(0, True), (10, False), (4000, True), (4010, False), (8000, True), (8010, False)],
             Policy(repeat_interval=0, flap_threshold=2, flap_window=3600),

@@ -14,7 +14,7 @@ from watchdog.alerts import Change
 from watchdog.client import SmartDocumentorClient
 from watchdog.clock import FakeClock
 from watchdog.cycle import CycleReport, Watcher
-from watchdog.models import Rule, TaskRef
+from watchdog.models import ApiErrorInfo, Rule, TaskRef
 from watchdog.scenarios import (
     demo_scenarios,
     demo_thresholds,
@@ -37,9 +37,11 @@ async def watcher_for(
     sections.setdefault("rules", dict(demo_thresholds(SCALE)))
     settings: Settings = make_settings(sim.base_url, **sections)
     holder: list[Watcher] = []
-    async with SmartDocumentorClient(
-        settings.api, on_error=lambda info: holder[0].on_api_error(info), clock=clock
-    ) as client:
+
+    def report_error(info: ApiErrorInfo) -> None:
+        holder[0].on_api_error(info)  # the watcher exists before the first request
+
+    async with SmartDocumentorClient(settings.api, on_error=report_error, clock=clock) as client:
         watcher = Watcher(settings, client, clock)
         holder.append(watcher)
         watcher.set_tasks(refs)
@@ -119,9 +121,7 @@ async def test_failed_poll_changes_nothing(
         sim, clock, [scenario.ref], api={"retries": 2}, rules={"processing_max": 25}
     ) as watcher:
         await run_cycles(watcher, clock, 5)
-        assert [a.rule for a in watcher.tasks[scenario.key].firing()] == [
-            Rule.PROCESSING_TOO_LONG
-        ]
+        assert [a.rule for a in watcher.tasks[scenario.key].firing()] == [Rule.PROCESSING_TOO_LONG]
         sim.set_faults(error_rate=1.0)
         report = await watcher.run_cycle()
     assert report.failed == 1

@@ -225,7 +225,8 @@ def test_rules_for_and_false_disable(tmp_path: Path, clean_env: pytest.MonkeyPat
         ("[api.x]\ny = 1", "api.x"),
         ("[alerts]\nmax_alerts_per_request = 0", "alerts.max_alerts_per_request"),
         ('[[alerts.webhooks]]\nurl = "nope"', "alerts.webhooks.0.url"),
-        ('[[alerts.webhooks]]\nurl = "https://h"\nmin_severity = "x"', "alerts.webhooks.0.min_severity"),
+        ('[[alerts.webhooks]]\nurl = "https://h"\nmin_severity = "x"',
+         "alerts.webhooks.0.min_severity"),
         ('[[alerts.webhooks]]\nurl = "https://h"\nformat = "xml"', "alerts.webhooks.0.format"),
         ('[phases]\ndone = ["A"]\nfailed = ["a"]', "phases"),
         ("[poll]\ninterval = 0", "poll.interval"),
@@ -246,7 +247,8 @@ def test_webhook_secret_file_is_read_and_stripped(
     write(tmp_path / "hook.secret", "  s3cret\n")
     settings = load(
         tmp_path,
-        '[api]\ntoken = "t"\n[[alerts.webhooks]]\nurl = "https://h/x"\nsecret_file = "hook.secret"\n',
+        '[api]\ntoken = "t"\n[[alerts.webhooks]]\nurl = "https://h/x"\n'
+        'secret_file = "hook.secret"\n',
     )
     key = settings.alerts.webhooks[0].signing_key()  # type: ignore[attr-defined]
     assert key is not None

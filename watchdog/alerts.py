@@ -108,6 +108,7 @@ def step(
     for rule in sorted(rules):
         prev = current.get(rule)
         finding = found.get(rule)
+        alert: Alert | None
         if finding is not None:
             alert, change = _holding(prev, finding, ref, now, policy)
         elif prev is not None:
@@ -148,8 +149,9 @@ def prune(current: Mapping[Rule, Alert], now: datetime, policy: Policy) -> dict[
             flips = tuple(t for t in alert.flips if now - t < window)
             if not flips:
                 continue
-            alert = replace(alert, flips=flips)
-        kept[rule] = alert
+            kept[rule] = replace(alert, flips=flips)
+        else:
+            kept[rule] = alert
     return kept
 
 

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watches SmartDocumentor tasks and raises the alarm when one looks stuck.",
     )
     parser.add_argument("--version", action="version", version=f"sd-watchdog {logs.VERSION}")
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--config",
         metavar="FILE",
@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--secrets-dir", metavar="DIR", help="folder of secret files")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     common.add_argument("--log-format", choices=["json", "console", "auto"])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     commands.add_parser(
         "run", parents=[common], help="the daemon: poll on a schedule until SIGTERM/SIGINT"
     )
@@ -96,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run_cli(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
-        from watchdog.demo import run_demo
+        from watchdog.demo import run_demo  # noqa: PLC0415 (lazy: fast start-up)
 
         logs.configure("info", args.log_format)
         return asyncio.run(run_demo(duration=args.duration))
@@ -109,11 +111,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(json.dumps(masked(settings), indent=2) + "\n")
         return EXIT_OK
     if args.command == "health":
-        from watchdog.health import check_health
+        from watchdog.health import check_health  # noqa: PLC0415 (lazy: fast start-up)
 
         return check_health(settings)
     if args.command == "check":
-        from watchdog.report import run_check
+        from watchdog.report import run_check  # noqa: PLC0415 (lazy: fast start-up)
 
         logs.configure(settings.log.level, settings.log.format, stream=sys.stderr)
         try:

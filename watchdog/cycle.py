@@ -385,7 +385,7 @@ class Watcher:
                 elif change.change is Change.RESOLVED:
                     self._log.info("api.recovered", **fields)
                 continue
-            task = {"task_id": alert.task_id, "external_id": alert.external_id}
+            task: dict[str, object] = {"task_id": alert.task_id, "external_id": alert.external_id}
             if status is not None:
                 task = _task_fields_for(alert, status)
             if change.change is Change.FIRED:

@@ -9,7 +9,8 @@ import sys
 
 from watchdog.settings import Settings
 
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+# A wildcard bind is asked on loopback.
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}  # noqa: S104
 
 
 def check_health(settings: Settings, *, timeout: float = 3.0) -> int:

@@ -91,7 +91,7 @@ def _renderer(fmt: str, stream: TextIO) -> Processor:
 class _FlushingHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """StreamHandler already flushes each record; this one also survives a closed stream."""
 
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (stdlib name)
+    def handleError(self, record: logging.LogRecord) -> None:
         # A closed stdout (the reader went away) must not print tracebacks to stderr.
         return
 
@@ -137,7 +137,7 @@ def _stdlib_event_name(
     """Stdlib lines keep their text as ``message`` and get a dotted event name of their own."""
     logger_name = str(event_dict.get("logger") or "python")
     event_dict["message"] = str(event_dict.pop("event", ""))
-    event_dict["event"] = f"{logger_name.split('.')[0]}.log"
+    event_dict["event"] = f"{logger_name.split('.', maxsplit=1)[0]}.log"
     return event_dict
 
 

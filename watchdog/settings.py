@@ -8,6 +8,7 @@ each bad key.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -39,6 +40,7 @@ from watchdog.errors import ConfigError
 from watchdog.models import Rule, normalise_status
 
 ENV_PREFIX = "WATCHDOG_"
+MASK = "********"  # how validate shows a secret
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
@@ -73,7 +75,7 @@ def parse_duration(value: object) -> float:
                 ) from None
     else:
         raise ValueError(f"invalid duration {value!r}")
-    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+    if not math.isfinite(seconds):
         raise ValueError("a duration must be finite")
     if seconds < 0:
         raise ValueError("a duration must be >= 0")
@@ -318,7 +320,7 @@ def _parse_listen(value: object) -> object:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError("listen must look like '127.0.0.1:9465' or '[::1]:9465'")
-    host = host.strip("[]") or "0.0.0.0"
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (":9465" means every interface)
     if host != "localhost":
         try:
             ipaddress.ip_address(host)
@@ -337,7 +339,7 @@ class ServerSettings(_Section):
         if not self.listen:
             return None
         host, _, port = self.listen.rpartition(":")
-        return (host.strip("[]") or "0.0.0.0", int(port))
+        return (host.strip("[]") or "0.0.0.0", int(port))  # noqa: S104 (as configured)
 
 
 def _default_state_path() -> Path:
@@ -393,9 +395,9 @@ class _TomlSource(PydanticBaseSettingsSource):
         hooks = alerts.get("webhooks") if isinstance(alerts, dict) else None
         if isinstance(hooks, list):
             for hook in hooks:
-                if isinstance(hook, dict) and isinstance(hook.get("secret_file"), str):
-                    if hook["secret_file"]:
-                        hook["secret_file"] = str(base / Path(hook["secret_file"]).expanduser())
+                secret_file = hook.get("secret_file") if isinstance(hook, dict) else None
+                if isinstance(secret_file, str) and secret_file:
+                    hook["secret_file"] = str(base / Path(secret_file).expanduser())
         return data
 
 
@@ -534,9 +536,8 @@ def load_settings(
 ) -> Settings:
     """Build the settings; raise ``ConfigError`` naming every bad key."""
     toml_path = Path(config_file) if config_file else None
-    if toml_path is not None:
-        if not toml_path.is_file():
-            raise ConfigError([("--config", f"file not found: {toml_path}")])
+    if toml_path is not None and not toml_path.is_file():
+        raise ConfigError([("--config", f"file not found: {toml_path}")])
     secrets = Path(secrets_dir) if secrets_dir else None
     if secrets is None and use_default_secrets_dir:
         secrets = default_secrets_dir()
@@ -582,7 +583,7 @@ def _check_files(settings: Settings) -> None:
 
 def _scrub(message: str) -> str:
     """Error messages must not echo input values (they may be secrets)."""
-    return message.split("[type=")[0].strip()
+    return message.split("[type=", maxsplit=1)[0].strip()
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:
@@ -607,12 +608,12 @@ def masked(settings: Settings) -> dict[str, Any]:
     data = settings.model_dump(mode="json", by_alias=True)
     for key in ("token", "client_secret"):
         if data["api"].get(key) is not None:
-            data["api"][key] = "********"
+            data["api"][key] = MASK
     for hook in data["alerts"]["webhooks"]:
         if hook.get("secret") is not None:
-            hook["secret"] = "********"
+            hook["secret"] = MASK
         hook["url"] = _mask_url(hook["url"])
-        hook["headers"] = {k: "********" for k in hook["headers"]}
+        hook["headers"] = dict.fromkeys(hook["headers"], MASK)
     data["alerts"]["alertmanager"]["urls"] = [
         _mask_url(u) for u in data["alerts"]["alertmanager"]["urls"]
     ]
