@@ -24,8 +24,12 @@ from watchdog.cycle import CycleReport, Watcher
 from watchdog.errors import WatchdogError
 from watchdog.logs import Logger, get_logger
 from watchdog.models import ApiErrorInfo
+from watchdog.notify import Notifier
 from watchdog.settings import Settings, redact_url
+from watchdog.store import Store
 from watchdog.tasks import watched_tasks
+
+HOUSEKEEPING_INTERVAL = 3600.0
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
@@ -56,6 +60,8 @@ class App:
         self._inflight: asyncio.Task[None] | None = None
         self._main: asyncio.Task[Any] | None = None
         self.watcher: Watcher | None = None
+        self.store: Store | None = None
+        self.notifier: Notifier | None = None
         self.cycles_completed = 0
 
     # --- signals (handlers only set flags; tests call this directly) ------------------------
@@ -105,13 +111,22 @@ class App:
             if self.watcher is not None:
                 self.watcher.on_api_error(info)
 
+        store = self.store = Store(settings.state.path)
+        store.open()  # StoreError (exit 3) before anything else starts
+        stack.callback(store.close)
         client = SmartDocumentorClient(settings.api, on_error=report_error, clock=self._clock)
         await client.open()
         stack.push_async_callback(client.close)
-        self.watcher = Watcher(settings, client, self._clock, log=self._log)
+        notifier = self.notifier = Notifier(settings, store, self._clock, self._log)
+        self.watcher = Watcher(
+            settings, client, self._clock, log=self._log, store=store, notifier=notifier
+        )
+        self.watcher.restore(store.load())
         self.watcher.set_tasks(refs)
         if not refs:
             self._log.warning("config.no_tasks")
+        await notifier.start()
+        stack.push_async_callback(notifier.close)
 
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
@@ -125,6 +140,28 @@ class App:
             coalesce=True,
             misfire_grace_time=None,
         )
+        scheduler.add_job(
+            self._housekeeping,
+            "interval",
+            seconds=HOUSEKEEPING_INTERVAL,
+            id="housekeeping",
+            name="housekeeping",
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        if settings.alerts.alertmanager.urls:
+            resend = settings.alerts.alertmanager.resend_interval
+            scheduler.add_job(
+                self._resend,
+                "interval",
+                seconds=resend,
+                id="alertmanager-resend",
+                name="alertmanager-resend",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
         scheduler.add_listener(self._on_skipped, EVENT_JOB_MAX_INSTANCES | EVENT_JOB_MISSED)
         scheduler.start()
         stack.callback(_shutdown_scheduler, scheduler)
@@ -154,15 +191,55 @@ class App:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (the cycle is the last catch; this is fatal)
-            self._crash = exc
-            self._stopping = True
-            self._stop.set()
+            self._fatal(exc)
             return
         self.cycles_completed += 1
         if self._on_cycle is not None:
             self._on_cycle(report)
 
+    async def _housekeeping(self) -> None:
+        """Prune what ``[state] retention`` allows and give the space back."""
+        if self.store is None or self.watcher is None or self._stopping:
+            return
+        try:
+            self.store.prune(
+                now=self._clock.now().timestamp(),
+                retention=self.settings.state.retention,
+                watched=self.watcher.tasks.keys(),
+            )
+        except WatchdogError as exc:
+            self._fatal(exc)
+
+    async def _resend(self) -> None:
+        """Re-push every firing alert to Alertmanager so its endsAt keeps moving."""
+        if self.store is None or self.watcher is None or self.notifier is None:
+            return
+        if self._stopping:
+            return
+        firing = [a for s in self.watcher.tasks.values() for a in s.firing()]
+        firing += [a for a in self.watcher.api_alerts.values() if a.firing]
+        if not firing:
+            return
+        deliveries, superseded = self.notifier.plan_resend(firing, self.watcher.statuses())
+        try:
+            self.store.save(
+                now=self._clock.now().timestamp(),
+                deliveries=deliveries,
+                superseded_kinds=superseded,
+            )
+        except WatchdogError as exc:
+            self._fatal(exc)
+            return
+        self.notifier.wake()
+
+    def _fatal(self, exc: BaseException) -> None:
+        self._crash = exc
+        self._stopping = True
+        self._stop.set()
+
     def _on_skipped(self, event: JobExecutionEvent) -> None:
+        if event.job_id != "poll-cycle":
+            return
         self._log.warning(
             "cycle.overrun",
             scheduled_at=event.scheduled_run_time.isoformat() if event.scheduled_run_time else None,
@@ -172,6 +249,7 @@ class App:
     async def _drain(self, scheduler: AsyncIOScheduler) -> int:
         scheduler.pause()
         timeout = self.settings.poll.shutdown_timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         reason = "signal"
         cancelled = 0
         inflight = self._inflight
@@ -183,6 +261,13 @@ class App:
                     await inflight
                 reason = "deadline"
                 cancelled = 1
+        undelivered = 0
+        if self.notifier is not None and self.notifier.enabled and self._crash is None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if not await self.notifier.drain(remaining):
+                reason = "deadline"
+            if self.store is not None:
+                undelivered = self.store.outbox_depth()
         if self._crash is not None:
             exc = self._crash
             self._log.error(
@@ -197,6 +282,7 @@ class App:
             reason=reason,
             cycles=self.cycles_completed,
             cancelled_cycles=cancelled,
+            undelivered=undelivered,
         )
         return EXIT_OK
 

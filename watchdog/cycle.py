@@ -6,12 +6,13 @@ poll is no evidence either way and never escapes as an exception.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -36,8 +37,21 @@ from watchdog.models import (
     iso,
 )
 from watchdog.phases import PhaseTable, classify
-from watchdog.rules import TaskHistory, clock_offset, evaluate, not_found_finding, update_history
+from watchdog.rules import (
+    TaskHistory,
+    clock_offset,
+    evaluate,
+    not_found_finding,
+    restore_history,
+    update_history,
+)
 from watchdog.settings import Settings, Thresholds
+from watchdog.store import Snapshot, Store, TaskRow
+
+if TYPE_CHECKING:
+    from watchdog.notify import Notifier
+
+_NEVER = -1.0  # next_poll_at of a done task that is never polled again (done_interval = 0)
 
 #: the rules a successful observation can judge (``task_not_found`` clears when a task is seen)
 _OBSERVED_SCOPE = frozenset(Rule) - {Rule.API_UNAVAILABLE}
@@ -64,6 +78,8 @@ class TaskState:
     finished: bool = False
     last_outcome: str = "pending"  # observed | not_found | failed | deferred | pending
     alerts: dict[Rule, Alert] = field(default_factory=dict)
+    #: the row as last written to the store (to write only what changed)
+    saved: TaskRow | None = None
 
     def firing(self) -> list[Alert]:
         return [a for a in self.alerts.values() if a.status is AlertStatus.FIRING]
@@ -100,8 +116,15 @@ class Watcher:
         clock: Clock,
         *,
         log: Logger | None = None,
+        store: Store | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self._settings = settings
+        self._store = store
+        self._notifier = notifier
+        self._dirty_alerts: dict[str, Alert] = {}
+        self._deleted_alerts: set[str] = set()
+        self._touched: dict[str, TaskState] = {}
         self._poller = poller
         self._clock = clock
         self._log = log or get_logger()
@@ -131,13 +154,125 @@ class Watcher:
         changes: list[Transition] = []
         for key in [k for k in self.tasks if k not in wanted]:
             state = self.tasks.pop(key)
-            _, resolved = alert_engine.resolve_all(state.alerts, now, "unwatched")
+            new, resolved = alert_engine.resolve_all(state.alerts, now, "unwatched")
+            self._track(state.alerts, new)
             changes += resolved
         for key, ref in wanted.items():
             if key not in self.tasks:
                 self.tasks[key] = TaskState(ref=ref)
         self._report(changes)
+        self.commit(changes)
         return changes
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Resume from the store: task history, alert state (same fingerprints and starts_at)
+        and the API failure streak. Call before ``set_tasks``."""
+        wall = self._clock.now().timestamp()
+        mono = self._clock.monotonic()
+        for key, row in snapshot.tasks.items():
+            try:
+                ref = TaskRef.from_key(key)
+            except ValueError:
+                continue
+            state = TaskState(ref=ref, status=row.status, phase=row.phase)
+            if row.status is not None and row.progress_since is not None:
+                state.history = restore_history(row.status, row.progress_since, row.review_since)
+            state.not_found_streak = row.not_found_streak
+            state.finished = row.finished
+            if row.next_poll_at is None:
+                state.due = 0.0
+            elif row.next_poll_at == _NEVER:
+                state.due = math.inf
+            else:
+                state.due = mono + (row.next_poll_at - wall)
+            if row.not_found_streak:
+                state.last_outcome = "not_found"
+            elif row.status is not None:
+                state.last_outcome = "observed"
+            state.saved = row
+            self.tasks[key] = state
+        for alert in snapshot.alerts:
+            if alert.key == API_KEY:
+                self.api_alerts[alert.rule] = alert
+                continue
+            owner = self.tasks.get(alert.key)
+            if owner is None:
+                try:
+                    owner = self.tasks[alert.key] = TaskState(ref=TaskRef.from_key(alert.key))
+                except ValueError:
+                    continue
+            owner.alerts[alert.rule] = alert
+        self._all_failed_streak = int(snapshot.meta.get("api_failed_streak", "0") or 0)
+
+    def _row(self, state: TaskState, wall: float, mono: float) -> TaskRow:
+        if state.due == 0.0 or state.due <= mono:
+            next_poll: float | None = None
+        elif math.isinf(state.due):
+            next_poll = _NEVER
+        else:
+            next_poll = wall + (state.due - mono)
+        history = state.history
+        return TaskRow(
+            key=state.ref.key,
+            status=state.status,
+            phase=state.phase,
+            progress_since=history.progress_since if history is not None else None,
+            review_since=history.review_since if history is not None else None,
+            not_found_streak=state.not_found_streak,
+            finished=state.finished,
+            next_poll_at=next_poll,
+        )
+
+    def _track(self, old: Mapping[Rule, Alert], new: Mapping[Rule, Alert]) -> None:
+        """Remember which alerts changed (frozen records: a change is a new object)."""
+        for rule, alert in new.items():
+            if old.get(rule) is not alert:
+                self._dirty_alerts[alert.fingerprint] = alert
+                self._deleted_alerts.discard(alert.fingerprint)
+        for rule, alert in old.items():
+            if rule not in new:
+                self._deleted_alerts.add(alert.fingerprint)
+                self._dirty_alerts.pop(alert.fingerprint, None)
+
+    def statuses(self) -> dict[str, TaskStatus | None]:
+        return {key: state.status for key, state in self.tasks.items()}
+
+    def commit(self, changes: Sequence[Transition]) -> None:
+        """Write what changed, and the deliveries it causes, in one transaction."""
+        if self._store is None:
+            self._touched.clear()
+            return
+        wall_now = self._clock.now()
+        wall = wall_now.timestamp()
+        mono = self._clock.monotonic()
+        rows = []
+        for state in self._touched.values():
+            row = self._row(state, wall, mono)
+            if row != state.saved:
+                rows.append(row)
+                state.saved = row
+        deliveries = []
+        if self._notifier is not None and changes:
+            statuses = {
+                c.alert.key: self.tasks[c.alert.key].status if c.alert.key in self.tasks else None
+                for c in changes
+            }
+            deliveries = self._notifier.plan(changes, statuses)
+        self._store.save(
+            now=wall,
+            tasks=rows,
+            alerts=list(self._dirty_alerts.values()),
+            deleted_alerts=list(self._deleted_alerts),
+            deliveries=deliveries,
+            meta={"api_failed_streak": str(self._all_failed_streak)},
+        )
+        self._touched.clear()
+        self._dirty_alerts.clear()
+        self._deleted_alerts.clear()
+        if deliveries and self._notifier is not None:
+            self._notifier.wake()
 
     @property
     def api_down(self) -> bool:
@@ -196,14 +331,20 @@ class Watcher:
                 skipped += 1
                 state.due = result.until
                 state.last_outcome = "deferred"
+                self._touched[state.ref.key] = state
                 continue
             else:
                 failed += 1
                 auth_rejected = auth_rejected or result.auth
             changes += self._apply(state, result, now)
         if not self.api_down:
-            for state in self.tasks.values():
-                state.alerts = alert_engine.prune(state.alerts, now, self._policy)
+            for state in due:
+                if state.alerts:
+                    pruned = alert_engine.prune(state.alerts, now, self._policy)
+                    if len(pruned) != len(state.alerts):
+                        self._track(state.alerts, pruned)
+                    state.alerts = pruned
+        self.commit(changes)
 
         stuck = sum(1 for s in self.tasks.values() if s.firing())
         duration = time.perf_counter() - started
@@ -263,6 +404,7 @@ class Watcher:
         if finding is None and not healthy:
             return []  # one bad cycle is not yet an outage; nothing resolves either
         findings = [finding] if finding is not None else []
+        previous = self.api_alerts
         self.api_alerts, changes = alert_engine.step(
             self.api_alerts,
             findings,
@@ -271,6 +413,7 @@ class Watcher:
             Policy(repeat_interval=self._policy.repeat_interval, flap_threshold=0),
             scope=(Rule.API_UNAVAILABLE,),
         )
+        self._track(previous, self.api_alerts)
         self._report(changes)
         return changes
 
@@ -278,6 +421,7 @@ class Watcher:
 
     def _apply(self, state: TaskState, result: PollResult, now: datetime) -> list[Transition]:
         frozen = self.api_down  # while the API is down, task alerts neither fire nor resolve
+        self._touched[state.ref.key] = state
         if isinstance(result, PollFailed | Deferred):
             state.last_outcome = "failed"
             return []
@@ -360,10 +504,12 @@ class Watcher:
         reason: str = "cleared",
         force: bool = False,
     ) -> list[Transition]:
+        previous = state.alerts
         state.alerts, changes = alert_engine.step(
             state.alerts, findings, state.ref, now, self._policy,
             scope=scope, reason=reason, force=force,
         )  # fmt: skip
+        self._track(previous, state.alerts)
         self._report(changes, state.status)
         return changes
 

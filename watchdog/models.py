@@ -94,6 +94,16 @@ class TaskRef:
     def by_external_id(cls, external_id: str) -> TaskRef:
         return cls(key=f"ext:{external_id}", external_id=external_id)
 
+    @classmethod
+    def from_key(cls, key: str) -> TaskRef:
+        """The inverse of ``key`` (``id:<n>`` or ``ext:<s>``)."""
+        kind, _, value = key.partition(":")
+        if kind == "id" and value.isdigit():
+            return cls.by_id(int(value))
+        if kind == "ext" and value:
+            return cls.by_external_id(value)
+        raise ValueError(f"not a task key: {key!r}")
+
     @property
     def query(self) -> dict[str, str]:
         """The query string that looks this task up in the status endpoint."""

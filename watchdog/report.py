@@ -12,7 +12,9 @@ from watchdog.clock import Clock, SystemClock
 from watchdog.cycle import CycleReport, TaskState, Watcher
 from watchdog.logs import get_logger
 from watchdog.models import ApiErrorInfo
+from watchdog.notify import Notifier
 from watchdog.settings import Settings
+from watchdog.store import Store
 from watchdog.tasks import watched_tasks
 
 EXIT_NOTHING_STUCK = 0
@@ -38,13 +40,29 @@ async def run_check(
         if holder:
             holder[0].on_api_error(info)
 
-    async with SmartDocumentorClient(settings.api, on_error=report_error, clock=clock) as client:
-        watcher = Watcher(settings, client, clock, log=log)
-        holder.append(watcher)
-        watcher.set_tasks(refs)
-        if not refs:
-            log.warning("config.no_tasks")
-        report = await watcher.run_cycle()
+    store = Store(settings.state.path)
+    store.open()
+    try:
+        notifier = Notifier(settings, store, clock, log)
+        async with SmartDocumentorClient(
+            settings.api, on_error=report_error, clock=clock
+        ) as client:
+            watcher = Watcher(settings, client, clock, log=log, store=store, notifier=notifier)
+            holder.append(watcher)
+            watcher.restore(store.load())
+            watcher.set_tasks(refs)
+            if not refs:
+                log.warning("config.no_tasks")
+            report = await watcher.run_cycle()
+        if notify and notifier.enabled:
+            # Every undelivered change in the store goes out, also from earlier runs.
+            await notifier.start()
+            try:
+                await notifier.drain(settings.poll.shutdown_timeout)
+            finally:
+                await notifier.close()
+    finally:
+        store.close()
     document = build_document(watcher.tasks.values(), report)
     stream = out or sys.stdout
     if fmt == "json":

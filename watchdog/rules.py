@@ -82,6 +82,13 @@ def update_history(
     return TaskHistory(signature, polled_at, review_since)
 
 
+def restore_history(
+    status: TaskStatus, progress_since: datetime, review_since: datetime | None
+) -> TaskHistory:
+    """The history as it was saved (the signature is derived from the last status)."""
+    return TaskHistory(_signature(status), progress_since, review_since)
+
+
 def clock_offset(server_date: datetime | None, local_now: datetime) -> timedelta:
     """``server_date - local_now`` when they differ by more than 60 s, else zero."""
     if server_date is None:

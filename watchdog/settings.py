@@ -306,6 +306,10 @@ class AlertsSettings(_Section):
     max_alerts_per_request: int = Field(default=100, ge=1)
     flap_threshold: IntOrFalse = 4
     flap_window: Duration = 3600.0
+    #: per delivery attempt (webhooks, Alertmanager, heartbeat)
+    timeout: PositiveDuration = 10.0
+    #: first delivery retry wait; doubled with jitter up to 60 s (tests set it small)
+    retry_initial: PositiveDuration = 2.0
     webhooks: list[WebhookSettings] = Field(default_factory=list)
     alertmanager: AlertmanagerSettings = Field(default_factory=AlertmanagerSettings)
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
