@@ -233,14 +233,14 @@ class Notifier:
             self._idle[target].clear()
             event.set()
 
-    async def drain(self, timeout: float) -> bool:
-        """Wait until every queue is empty or ``timeout`` passed; True when all delivered."""
+    async def drain(self, within: float) -> bool:
+        """Wait until every queue is empty or ``within`` seconds passed; True when all went."""
         if not self._lanes:
             return True
         self.wake()
         waits = [asyncio.create_task(e.wait(), name="delivery-idle") for e in self._idle.values()]
         try:
-            _, pending = await asyncio.wait(waits, timeout=max(0.0, timeout))
+            _, pending = await asyncio.wait(waits, timeout=max(0.0, within))
         finally:
             for task in waits:
                 task.cancel()

@@ -105,7 +105,7 @@ def slack_body(batch: Sequence[Notice]) -> str:
 
 
 def alertmanager_body(batch: Sequence[Notice], now: datetime, resend_interval: float) -> str:
-    """Alertmanager API v2 alerts: firing ones end at now + 4 × resend unless re-pushed."""
+    """Alertmanager API v2 alerts: firing ones end at now + 4 x resend unless re-pushed."""
     ends_firing = now + timedelta(seconds=4 * resend_interval)
     documents = []
     for notice in batch:

@@ -8,6 +8,7 @@ A restart resumes exactly: alerts keep their fingerprint and ``starts_at`` (no n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -159,10 +160,9 @@ class Store:
 
     def close(self) -> None:
         if self._db is not None:
-            try:
+            # Closing releases the file even when this fails; the WAL is replayed on next open.
+            with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                pass  # closing still releases the file; the WAL is replayed on next open
             self._db.close()
             self._db = None
 
