@@ -280,7 +280,12 @@ class Notifier:
                     await asyncio.wait_for(wake.wait(), timeout=min(wait, MAX_RETRY_WAIT))
                 continue
             idle.clear()
-            await self._attempt(receiver, delivery)
+            try:
+                await self._attempt(receiver, delivery)
+            except StoreError as exc:  # the outbox keeps the delivery; try again shortly
+                self._log.error("alert.delivery_failed", receiver=receiver.shown,
+                                error="store", message=str(exc), will_retry=True)  # fmt: skip
+                await asyncio.sleep(1.0)
 
     async def _attempt(self, receiver: Receiver, delivery: Delivery) -> None:
         assert delivery.seq is not None  # noqa: S101 (rows from the store have one)
@@ -361,6 +366,8 @@ class Notifier:
             return _Outcome(False, True, None, "timeout")
         except aiohttp.ClientError as exc:
             return _Outcome(False, True, None, f"connection: {type(exc).__name__}")
+        except ValueError as exc:  # aiohttp refuses the request itself (e.g. a bad header)
+            return _Outcome(False, False, None, f"invalid_request: {type(exc).__name__}")
         if 200 <= status < 300:
             return _Outcome(True, False, status, "")
         retry = status == 429 or status >= 500

@@ -269,6 +269,11 @@ class WebhookSettings(_Section):
     def _one_secret(self) -> WebhookSettings:
         if self.secret is not None and self.secret_file is not None:
             raise ValueError("set secret or secret_file, not both")
+        parts = urlsplit(self.url)
+        if (parts.username or parts.password) and any(
+            k.lower() == "authorization" for k in self.headers
+        ):
+            raise ValueError("credentials in the url and an Authorization header cannot be combined")
         return self
 
     def signing_key(self) -> SecretStr | None:
