@@ -290,3 +290,51 @@ def test_secrets_dir_supplies_the_token(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "file-token" not in result.stdout
+
+
+async def test_check_keeps_state_across_runs_and_notify_sends_the_backlog(
+    tmp_path: Path, start_simulator: Callable[..., Any]
+) -> None:
+    """Cron-style checks share the store: no repeat task.stuck, and --notify sends what
+    earlier runs recorded but did not deliver."""
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        sim: Simulator = await start_simulator([stuck_in_queue(1, scale=600)])
+        body = (
+            "[tasks]\nids = [1, 404]\n[rules]\nqueued_max = 0.001\n"
+            f'[[alerts.webhooks]]\nurl = "http://127.0.0.1:{port}/hook"\n'
+        )
+        config = write_config(tmp_path, sim.base_url, body)
+        code, _, err = await run("check", "--format", "json", "--config", str(config))
+        assert code == 1
+        assert '"task.stuck"' in err
+        assert received == []  # no --notify: recorded, not sent
+        code, out, err = await run("check", "--format", "json", "--config", str(config))
+        assert code == 1
+        stuck = [e["rule"] for e in json_lines(err) if e["event"] == "task.stuck"]
+        assert stuck == ["task_not_found"]  # queued_too_long is the same alert, not a new one
+        tasks = {t["task_id"]: t for t in json.loads(out)["tasks"]}
+        assert tasks[404]["alerts"] == ["task_not_found"]  # two 404s across two runs
+        code, _, err = await run(
+            "check", "--format", "json", "--notify", "--config", str(config)
+        )
+        assert code == 1
+        assert '"alert.delivered"' in err
+    finally:
+        await runner.cleanup()
+    rules = sorted(a["rule"] for payload in received for a in payload["alerts"])
+    assert rules == ["queued_too_long", "task_not_found"]
