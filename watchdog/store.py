@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from watchdog.alerts import Alert, AlertStatus
-from watchdog.errors import StoreError
+from watchdog.errors import ApiError, StoreError
 from watchdog.models import Phase, Rule, Severity, TaskStatus, iso
 
 SCHEMA_VERSION = 1
@@ -140,6 +140,9 @@ class Store:
             # A corrupt or foreign file fails here, before anything is written to it.
             if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise StoreError(f"state file {self.path} is corrupt (PRAGMA quick_check)")
+            if db.execute("PRAGMA user_version").fetchone()[0] == 0:
+                # Only a new file can take auto_vacuum, and only before WAL writes page one.
+                db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("PRAGMA synchronous = NORMAL")  # durable across process crashes in WAL
             db.execute("PRAGMA foreign_keys = ON")
@@ -173,8 +176,6 @@ class Store:
                 f"state file {self.path} has schema {version}, newer than this version "
                 f"understands ({SCHEMA_VERSION}); upgrade sd-watchdog or use another file"
             )
-        if version == 0:
-            db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before the first table
         for target in range(version + 1, SCHEMA_VERSION + 1):
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -184,6 +185,10 @@ class Store:
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -233,7 +238,7 @@ class Store:
             meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, ApiError) as exc:
             raise StoreError(
                 f"state file {self.path} holds data this version cannot read: {exc}"
             ) from exc
@@ -357,7 +362,7 @@ class Store:
             ]
             db.executemany("DELETE FROM tasks WHERE key = ?", ((k,) for k in stale))
         try:
-            self.db.execute("PRAGMA incremental_vacuum")
+            self.db.executescript("PRAGMA incremental_vacuum;")  # runs to the end
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
