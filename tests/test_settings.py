@@ -240,6 +240,18 @@ def test_bad_values_name_their_key(
     assert key in found, found
 
 
+def test_url_credentials_and_authorization_header_conflict(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """A webhook cannot carry credentials both in its URL and in an Authorization header."""
+    found = problems(
+        tmp_path,
+        '[api]\ntoken = "t"\n[[alerts.webhooks]]\nurl = "https://u:p@h/x"\n'
+        'headers = { Authorization = "Bearer x" }\n',
+    )
+    assert "alerts.webhooks.0" in found
+
+
 def test_webhook_secret_file_is_read_and_stripped(
     tmp_path: Path, clean_env: pytest.MonkeyPatch
 ) -> None:
@@ -261,11 +273,13 @@ def test_masked_output_hides_every_secret(tmp_path: Path, clean_env: pytest.Monk
         tmp_path,
         '[api]\nclient_id = "cid"\nclient_secret = "CLIENT-SECRET"\n'
         '[[alerts.webhooks]]\nurl = "https://user:URLPASS@h.example/p?key=QUERYKEY"\n'
-        'secret = "HOOK-SECRET"\nheaders = { Authorization = "Bearer HEADER-SECRET" }\n'
+        'secret = "HOOK-SECRET"\nheaders = { X-Api-Key = "HEADER-SECRET" }\n'
+        '[[alerts.webhooks]]\nurl = "https://hooks.slack.com/services/T0/B0/SLACKPATH"\n'
         '[alerts.heartbeat]\nurl = "https://hc.example/ping/HB-UUID?x=1"\n',
     )
     text = json.dumps(masked(settings))  # type: ignore[arg-type]
-    for secret in ("CLIENT-SECRET", "URLPASS", "QUERYKEY", "HOOK-SECRET", "HEADER-SECRET"):
+    secrets = ("CLIENT-SECRET", "URLPASS", "QUERYKEY", "HOOK-SECRET", "HEADER-SECRET", "SLACKPATH")
+    for secret in (*secrets, "HB-UUID"):
         assert secret not in text
     assert "h.example" in text
 

@@ -59,6 +59,8 @@ class Alert:
     flapping: bool = False
     #: while flapping: since when the condition has stayed clear
     clear_since: datetime | None = None
+    #: the task's workspace when the alert fired: a label that must not change afterwards
+    workspace_id: int | None = None
 
     @property
     def firing(self) -> bool:
@@ -94,6 +96,7 @@ def step(
     scope: Collection[Rule] | None = None,
     reason: str = "cleared",
     force: bool = False,
+    workspace_id: int | None = None,
 ) -> tuple[dict[Rule, Alert], list[Transition]]:
     """Apply one evaluation of a task.
 
@@ -110,7 +113,7 @@ def step(
         finding = found.get(rule)
         alert: Alert | None
         if finding is not None:
-            alert, change = _holding(prev, finding, ref, now, policy)
+            alert, change = _holding(prev, finding, ref, now, policy, workspace_id)
         elif prev is not None:
             alert, change = _cleared(prev, now, policy, reason=reason, force=force)
         else:
@@ -159,7 +162,12 @@ def prune(current: Mapping[Rule, Alert], now: datetime, policy: Policy) -> dict[
 
 
 def _holding(
-    prev: Alert | None, finding: Finding, ref: TaskRef, now: datetime, policy: Policy
+    prev: Alert | None,
+    finding: Finding,
+    ref: TaskRef,
+    now: datetime,
+    policy: Policy,
+    workspace_id: int | None,
 ) -> tuple[Alert, Transition | None]:
     if prev is not None and prev.status is AlertStatus.FIRING:
         alert = replace(
@@ -196,6 +204,7 @@ def _holding(
         external_id=ref.external_id,
         pending_since=pending_since,
         flips=flips,
+        workspace_id=workspace_id,
     )
     if hold > 0 and now - pending_since < timedelta(seconds=hold):
         return base, None

@@ -21,13 +21,17 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.client import SmartDocumentorClient
 from watchdog.clock import Clock, SystemClock
 from watchdog.cycle import CycleReport, Watcher
-from watchdog.errors import WatchdogError
+from watchdog.errors import ConfigError, WatchdogError
 from watchdog.logs import Logger, get_logger
+from watchdog.metrics import Metrics
 from watchdog.models import ApiErrorInfo
 from watchdog.notify import Notifier
+from watchdog.server import HealthServer
 from watchdog.settings import Settings, redact_url
 from watchdog.store import Store
-from watchdog.tasks import watched_tasks
+from watchdog.systemd import SystemdNotifier
+from watchdog.tasks import file_signature, watched_tasks
+from watchdog.vitals import Heartbeat, Vitals, systemd_watchdog
 
 HOUSEKEEPING_INTERVAL = 3600.0
 
@@ -48,11 +52,21 @@ class App:
         clock: Clock | None = None,
         log: Logger | None = None,
         on_cycle: Callable[[CycleReport], None] | None = None,
+        reload: Callable[[], Settings] | None = None,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock or SystemClock()
         self._log = log or get_logger()
         self._on_cycle = on_cycle
+        self._reload = reload
+        self._systemd = systemd or SystemdNotifier()
+        self.metrics = Metrics()
+        self.vitals = Vitals(settings.poll.interval, self._clock)
+        self._lock = asyncio.Lock()  # a cycle and a reload never run at the same time
+        self._tasks_file: tuple[int, int, int] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self.server: HealthServer | None = None
         self._stop = asyncio.Event()
         self._stopping = False
         self._forced = False
@@ -67,6 +81,10 @@ class App:
     # --- signals (handlers only set flags; tests call this directly) ------------------------
 
     def handle_signal(self, sig: int) -> None:
+        if sig == signal.SIGHUP:
+            if not self._stopping:
+                self._spawn(self._reload_config("signal"), "reload")
+            return
         if self._stopping and sig == signal.SIGINT:
             self._forced = True
             if self._main is not None:
@@ -76,12 +94,18 @@ class App:
         self._stop.set()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, self.handle_signal, sig)
 
     def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        """Every background task is named and tracked; shutdown cancels what is left."""
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- the one serve method -------------------------------------------------------------
 
@@ -96,6 +120,8 @@ class App:
                     self._install_signals(loop)
                     stack.callback(self._remove_signals, loop)
                 await self._stop.wait()
+                self.vitals.stopping = True
+                self._systemd.stopping()
                 return await self._drain(scheduler)
         except asyncio.CancelledError:
             if self._forced:
@@ -108,8 +134,11 @@ class App:
         refs = watched_tasks(settings.tasks)
 
         def report_error(info: ApiErrorInfo) -> None:
+            self.metrics.on_api_error(info)
             if self.watcher is not None:
                 self.watcher.on_api_error(info)
+
+        stack.push_async_callback(self._cancel_background)
 
         store = self.store = Store(settings.state.path)
         store.open()  # StoreError (exit 3) before anything else starts
@@ -127,6 +156,21 @@ class App:
             self._log.warning("config.no_tasks")
         await notifier.start()
         stack.push_async_callback(notifier.close)
+        self.metrics.bind(self.watcher, store, notifier)
+        self._tasks_file = file_signature(settings.tasks.file)
+        heartbeat = self._heartbeat = Heartbeat(
+            settings.alerts.heartbeat.url, settings.alerts.timeout, self._log, self.metrics
+        )
+        await heartbeat.start()
+        stack.push_async_callback(heartbeat.close)
+        server = self.server = HealthServer(
+            settings.server,
+            health=self.vitals.health,
+            metrics=self.metrics,
+            watcher=lambda: self.watcher,
+        )
+        address = await server.start()  # StartupError (exit 3) when the port is taken
+        stack.push_async_callback(server.stop)
 
         scheduler = AsyncIOScheduler(timezone=UTC)
         scheduler.add_job(
@@ -170,9 +214,11 @@ class App:
             tasks=len(refs),
             interval_s=settings.poll.interval,
             api=redact_url(settings.api.base_url),
-            server=None,
+            server=address,
             state_path=str(settings.state.path),
         )
+        self._systemd.ready(f"watching {len(refs)} tasks; first cycle scheduled")
+        self._spawn(systemd_watchdog(self.vitals, self._systemd), "systemd-watchdog")
         return scheduler
 
     async def _tick(self) -> None:
@@ -186,16 +232,76 @@ class App:
 
     async def _cycle(self) -> None:
         assert self.watcher is not None  # noqa: S101 (set before the scheduler starts)
-        try:
-            report = await self.watcher.run_cycle()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 (the cycle is the last catch; this is fatal)
-            self._fatal(exc)
-            return
+        async with self._lock:
+            if file_signature(self.settings.tasks.file) != self._tasks_file:
+                self._apply_reload("tasks_file")
+            self.vitals.cycle_started()
+            try:
+                report = await self.watcher.run_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 (the cycle is the last catch: fatal)
+                self._fatal(exc)
+                return
+            self.vitals.cycle_finished()
         self.cycles_completed += 1
+        self.metrics.on_cycle(report)
+        self._heartbeat.beat()
+        self._systemd.status(
+            f"{len(self.watcher.tasks)} tasks, {report.stuck} stuck, "
+            f"last cycle {report.duration_s:.1f}s"
+            + (", API unavailable" if report.api_unavailable else "")
+        )
         if self._on_cycle is not None:
             self._on_cycle(report)
+
+    # --- reload (SIGHUP, tasks file change) ------------------------------------------------
+
+    async def _reload_config(self, trigger: str) -> None:
+        async with self._lock:  # between cycles, never during one
+            self._apply_reload(trigger)
+
+    def _apply_reload(self, trigger: str) -> None:
+        """Re-read the configuration; apply the watched set, rules and phases, keeping alert
+        state for tasks that stay. A bad new configuration is refused and the old one kept."""
+        assert self.watcher is not None  # noqa: S101 (reloads start after start-up)
+        old = self.settings
+        self._tasks_file = file_signature(old.tasks.file)
+        try:
+            new = self._reload() if self._reload is not None else old
+            refs = watched_tasks(new.tasks)
+        except ConfigError as err:
+            self._log.error(
+                "config.rejected",
+                trigger=trigger,
+                problems=[f"{key}: {msg}" if key else msg for key, msg in err.problems],
+            )
+            return
+        self._tasks_file = file_signature(new.tasks.file)
+        before = set(self.watcher.tasks)
+        self.watcher.apply_settings(new)
+        self.watcher.set_tasks(refs)
+        after = set(self.watcher.tasks)
+        restart_required = [
+            name
+            for name in ("api", "poll", "server", "state", "log")
+            if getattr(new, name) != getattr(old, name)
+        ]
+        if new.alerts.webhooks != old.alerts.webhooks:
+            restart_required.append("alerts.webhooks")
+        if new.alerts.alertmanager != old.alerts.alertmanager:
+            restart_required.append("alerts.alertmanager")
+        self.settings = new
+        self._log.info(
+            "config.reloaded",
+            trigger=trigger,
+            tasks=len(after),
+            added=len(after - before),
+            removed=len(before - after),
+            restart_required=restart_required,
+        )
+        if not refs:
+            self._log.warning("config.no_tasks")
 
     async def _housekeeping(self) -> None:
         """Prune what ``[state] retention`` allows and give the space back."""
@@ -237,9 +343,17 @@ class App:
         self._stopping = True
         self._stop.set()
 
+    async def _cancel_background(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     def _on_skipped(self, event: JobExecutionEvent) -> None:
         if event.job_id != "poll-cycle":
             return
+        self.metrics.overruns.inc()
         self._log.warning(
             "cycle.overrun",
             scheduled_at=event.scheduled_run_time.isoformat() if event.scheduled_run_time else None,

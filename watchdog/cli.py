@@ -124,11 +124,11 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
             sys.stderr.write(f"sd-watchdog: could not start: {err}\n")
             return EXIT_STARTUP
     logs.configure(settings.log.level, settings.log.format)
-    return _run_daemon(settings)
+    return _run_daemon(settings, args)
 
 
-def _run_daemon(settings: Settings) -> int:
-    app = App(settings)
+def _run_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    app = App(settings, reload=lambda: _load(args))
     try:
         return asyncio.run(app.serve())
     except ConfigError as err:

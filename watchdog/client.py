@@ -367,8 +367,8 @@ class SmartDocumentorClient:
             code = result.status
             api_ok = api_ok or (code is not None and code < 500 and code not in (401, 403))
             if result.kind == "auth":
-                # a 401 may only mean our cached token was revoked early: one fresh try
-                tokens = live.tokens if code == 401 and not refreshed else None
+                # 401/403 may only mean our cached token was revoked early: one fresh try
+                tokens = live.tokens if code in (401, 403) and not refreshed else None
                 self._report("status", result, attempt, tokens is not None, ref.key)
                 if tokens is None:
                     return PollFailed(ref, "auth", code, auth=True, api_ok=api_ok)

@@ -104,6 +104,8 @@ class CycleReport:
     api_unavailable: bool
     auth_rejected: bool
     transitions: Sequence[Transition] = ()
+    #: polls by outcome: observed, not_found, failed, deferred
+    outcomes: Mapping[str, int] = field(default_factory=dict)
 
 
 class Watcher:
@@ -145,6 +147,18 @@ class Watcher:
         self._suppress_api_errors = False
         self.cycles = 0
 
+    def apply_settings(self, settings: Settings) -> None:
+        """A reload: new rules, phases and alert policy; state is kept."""
+        self._settings = settings
+        self._table = PhaseTable.build(settings.phases)
+        self._thresholds = Thresholds.from_settings(settings.rules)
+        self._policy = Policy(
+            repeat_interval=settings.alerts.repeat_interval,
+            flap_threshold=settings.alerts.flap_threshold,
+            flap_window=settings.alerts.flap_window,
+            hold=dict(settings.rules.for_),
+        )
+
     # --- the watched set -------------------------------------------------------------------
 
     def set_tasks(self, refs: Iterable[TaskRef]) -> list[Transition]:
@@ -152,8 +166,10 @@ class Watcher:
         wanted = {ref.key: ref for ref in refs}
         now = self._clock.now()
         changes: list[Transition] = []
+        leaving: dict[str, TaskStatus | None] = {}
         for key in [k for k in self.tasks if k not in wanted]:
             state = self.tasks.pop(key)
+            leaving[key] = state.status
             new, resolved = alert_engine.resolve_all(state.alerts, now, "unwatched")
             self._track(state.alerts, new)
             changes += resolved
@@ -161,7 +177,7 @@ class Watcher:
             if key not in self.tasks:
                 self.tasks[key] = TaskState(ref=ref)
         self._report(changes)
-        self.commit(changes)
+        self.commit(changes, leaving)
         return changes
 
     # --- persistence -------------------------------------------------------------------------
@@ -239,7 +255,11 @@ class Watcher:
     def statuses(self) -> dict[str, TaskStatus | None]:
         return {key: state.status for key, state in self.tasks.items()}
 
-    def commit(self, changes: Sequence[Transition]) -> None:
+    def commit(
+        self,
+        changes: Sequence[Transition],
+        leaving: Mapping[str, TaskStatus | None] | None = None,
+    ) -> None:
         """Write what changed, and the deliveries it causes, in one transaction."""
         if self._store is None:
             self._touched.clear()
@@ -255,10 +275,10 @@ class Watcher:
                 state.saved = row
         deliveries = []
         if self._notifier is not None and changes:
-            statuses = {
-                c.alert.key: self.tasks[c.alert.key].status if c.alert.key in self.tasks else None
-                for c in changes
-            }
+            statuses = dict(leaving or {})
+            for change in changes:
+                if change.alert.key in self.tasks:
+                    statuses[change.alert.key] = self.tasks[change.alert.key].status
             deliveries = self._notifier.plan(changes, statuses)
         self._store.save(
             now=wall,
@@ -324,17 +344,21 @@ class Watcher:
         changes += self._judge_api(results, now)
         polled = failed = 0
         auth_rejected = False
+        outcomes = {"observed": 0, "not_found": 0, "failed": 0, "deferred": 0}
         for state, result in zip(due, results, strict=True):
             if isinstance(result, Observed | NotFound):
                 polled += 1
+                outcomes["observed" if isinstance(result, Observed) else "not_found"] += 1
             elif isinstance(result, Deferred):
                 skipped += 1
+                outcomes["deferred"] += 1
                 state.due = result.until
                 state.last_outcome = "deferred"
                 self._touched[state.ref.key] = state
                 continue
             else:
                 failed += 1
+                outcomes["failed"] += 1
                 auth_rejected = auth_rejected or result.auth
             changes += self._apply(state, result, now)
         if not self.api_down:
@@ -371,6 +395,7 @@ class Watcher:
             api_unavailable=self.api_down,
             auth_rejected=auth_rejected,
             transitions=changes,
+            outcomes=outcomes,
         )
 
     async def _poll_all(self, due: list[TaskState], *, deadline: float) -> list[PollResult]:
@@ -505,9 +530,10 @@ class Watcher:
         force: bool = False,
     ) -> list[Transition]:
         previous = state.alerts
+        workspace = state.status.workspace_id if state.status is not None else None
         state.alerts, changes = alert_engine.step(
             state.alerts, findings, state.ref, now, self._policy,
-            scope=scope, reason=reason, force=force,
+            scope=scope, reason=reason, force=force, workspace_id=workspace,
         )  # fmt: skip
         self._track(previous, state.alerts)
         self._report(changes, state.status)

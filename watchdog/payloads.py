@@ -120,8 +120,8 @@ def alertmanager_body(batch: Sequence[Notice], now: datetime, resend_interval: f
             labels["task_id"] = str(alert.task_id)
         elif alert.external_id is not None:
             labels["external_id"] = alert.external_id
-        if status is not None and status.workspace_id is not None:
-            labels["workspace_id"] = str(status.workspace_id)
+        if alert.workspace_id is not None:  # fixed when it fired: labels never change
+            labels["workspace_id"] = str(alert.workspace_id)
         documents.append(
             {
                 "labels": labels,

@@ -88,7 +88,7 @@ def build_document(states: Any, report: CycleReport) -> dict[str, Any]:
         "api_unavailable": report.api_unavailable,
         "duration_s": round(report.duration_s, 3),
     }
-    attempted = report.polled + report.failed
+    attempted = report.polled + report.failed + report.outcomes.get("deferred", 0)
     if attempted and report.polled == 0:
         document["error"] = (
             "the API rejected our credentials"

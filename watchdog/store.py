@@ -54,6 +54,7 @@ _MIGRATIONS: dict[int, str] = {
         flips         TEXT NOT NULL DEFAULT '[]',
         flapping      INTEGER NOT NULL DEFAULT 0,
         clear_since   TEXT,
+        workspace_id  INTEGER,
         updated_at    REAL NOT NULL
     );
     CREATE INDEX alerts_by_key ON alerts (key);
@@ -374,7 +375,7 @@ class Store:
 _ALERT_FIELDS = (
     "fingerprint", "key", "rule", "severity", "status", "summary", "evidence", "task_id",
     "external_id", "pending_since", "starts_at", "ends_at", "last_sent_at", "flips", "flapping",
-    "clear_since",
+    "clear_since", "workspace_id",
 )  # fmt: skip
 _ALERT_COLUMNS = ", ".join(_ALERT_FIELDS)
 _ALERT_COLUMN_COUNT = len(_ALERT_FIELDS)
@@ -439,12 +440,13 @@ def _alert_values(alert: Alert) -> tuple[Any, ...]:
         json.dumps([iso(t) for t in alert.flips]),
         int(alert.flapping),
         iso(alert.clear_since),
+        alert.workspace_id,
     )
 
 
 def _alert(row: Sequence[Any]) -> Alert:
     (fp, key, rule, severity, status, summary, evidence, task_id, external_id, pending_since,
-     starts_at, ends_at, last_sent_at, flips, flapping, clear_since) = row  # fmt: skip
+     starts_at, ends_at, last_sent_at, flips, flapping, clear_since, workspace_id) = row  # fmt: skip
     return Alert(
         fingerprint=fp,
         key=key,
@@ -462,6 +464,7 @@ def _alert(row: Sequence[Any]) -> Alert:
         flips=tuple(d for d in (_dt(t) for t in json.loads(flips)) if d is not None),
         flapping=bool(flapping),
         clear_since=_dt(clear_since),
+        workspace_id=workspace_id,
     )
 
 

@@ -41,6 +41,17 @@ def parse_tasks_file(text: str, *, source: str = "tasks file") -> list[TaskRef]:
     return refs
 
 
+def file_signature(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime_ns) of the tasks file, to notice a change; None when absent."""
+    if path is None:
+        return None
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    return (info.st_ino, info.st_size, info.st_mtime_ns)
+
+
 def read_tasks_file(path: Path) -> list[TaskRef]:
     try:
         text = path.read_text(encoding="utf-8")
