@@ -100,8 +100,9 @@ async def pipeline(
         store.close()
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    """Poll until true, at most 10 s."""
+    deadline = time.monotonic() + 10.0
     while not predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
@@ -128,7 +129,7 @@ async def test_alerts_of_one_cycle_go_in_one_signed_request(
     hooks = [{"url": url, "secret": SECRET, "headers": {"X-Team": "ops"}}]
     async with pipeline(sim, tmp_path, [s.ref for s in scenarios], alerts={"webhooks": hooks}) as (
         watcher,
-        notifier,
+        _notifier,
         store,
     ):
         await watcher.run_cycle()
@@ -198,7 +199,7 @@ async def test_receiver_failing_then_recovering_gets_every_alert_same_delivery_i
     url = await start_receiver(aiohttp_server, receiver)
     async with pipeline(sim, tmp_path, [scenario.ref], alerts={"webhooks": [{"url": url}]}) as (
         watcher,
-        notifier,
+        _notifier,
         store,
     ):
         await watcher.run_cycle()
@@ -336,7 +337,7 @@ async def test_expired_delivery_is_dropped_with_final_event(
     start_simulator: Callable[..., Any],
     captured_logs: LogCapture,
 ) -> None:
-    """A delivery older than max_delivery_age is dropped: alert.delivery_failed, will_retry false."""
+    """A delivery older than max_delivery_age is dropped with a final alert.delivery_failed."""
     scenario = stuck_in_queue(1, scale=60)
     sim = await start_simulator([scenario])
     alerts = {"webhooks": [{"url": "http://127.0.0.1:9/dead"}], "max_delivery_age": 0.3}

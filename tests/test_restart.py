@@ -105,9 +105,10 @@ class Daemon:
     def named(self, event: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["event"] == event]
 
-    async def until(self, predicate: Callable[[], bool], timeout: float = 20) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        """Poll the collected log (bounded): the reader appends lines as they come."""
+        async with asyncio.timeout(20):
+            while not predicate():  # noqa: ASYNC110 (polling another task's list)
                 await asyncio.sleep(0.05)
 
     async def stop(self, sig: signal.Signals) -> int:

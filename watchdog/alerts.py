@@ -161,7 +161,7 @@ def prune(current: Mapping[Rule, Alert], now: datetime, policy: Policy) -> dict[
 # --- the two cases -----------------------------------------------------------------------
 
 
-def _holding(
+def _holding(  # noqa: PLR0917 (a private helper of step)
     prev: Alert | None,
     finding: Finding,
     ref: TaskRef,

@@ -110,7 +110,6 @@ def alertmanager_body(batch: Sequence[Notice], now: datetime, resend_interval: f
     documents = []
     for notice in batch:
         alert = notice.alert
-        status = notice.status
         labels = {
             "alertname": alert.rule.value,
             "severity": alert.severity.label,

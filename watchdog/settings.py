@@ -273,9 +273,7 @@ class WebhookSettings(_Section):
         if (parts.username or parts.password) and any(
             k.lower() == "authorization" for k in self.headers
         ):
-            raise ValueError(
-                "credentials in the url and an Authorization header cannot be combined"
-            )
+            raise ValueError("url credentials and an Authorization header cannot be combined")
         return self
 
     def signing_key(self) -> SecretStr | None:

@@ -446,7 +446,7 @@ def _alert_values(alert: Alert) -> tuple[Any, ...]:
 
 def _alert(row: Sequence[Any]) -> Alert:
     (fp, key, rule, severity, status, summary, evidence, task_id, external_id, pending_since,
-     starts_at, ends_at, last_sent_at, flips, flapping, clear_since, workspace_id) = row  # fmt: skip
+     starts_at, ends_at, last_sent_at, flips, flapping, clear_since, workspace) = row  # fmt: skip
     return Alert(
         fingerprint=fp,
         key=key,
@@ -464,7 +464,7 @@ def _alert(row: Sequence[Any]) -> Alert:
         flips=tuple(d for d in (_dt(t) for t in json.loads(flips)) if d is not None),
         flapping=bool(flapping),
         clear_since=_dt(clear_since),
-        workspace_id=workspace_id,
+        workspace_id=workspace,
     )
 
 
