@@ -329,12 +329,49 @@ async def test_check_keeps_state_across_runs_and_notify_sends_the_backlog(
         assert stuck == ["task_not_found"]  # queued_too_long is the same alert, not a new one
         tasks = {t["task_id"]: t for t in json.loads(out)["tasks"]}
         assert tasks[404]["alerts"] == ["task_not_found"]  # two 404s across two runs
-        code, _, err = await run(
-            "check", "--format", "json", "--notify", "--config", str(config)
-        )
+        code, _, err = await run("check", "--format", "json", "--notify", "--config", str(config))
         assert code == 1
         assert '"alert.delivered"' in err
     finally:
         await runner.cleanup()
     rules = sorted(a["rule"] for payload in received for a in payload["alerts"])
     assert rules == ["queued_too_long", "task_not_found"]
+
+
+async def test_run_exit_3_when_it_cannot_start(
+    tmp_path: Path, start_simulator: Callable[..., Any]
+) -> None:
+    """A taken port or an unusable state file stops start-up with exit 3 and a clear message."""
+    import socket
+
+    sim: Simulator = await start_simulator([healthy(1, scale=60)])
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        config = write_config(tmp_path, sim.base_url, "[tasks]\nids = [1]\n")
+        config.write_text(
+            config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"'),
+            encoding="utf-8",
+        )
+        code, _, err = await run("run", "--config", str(config))
+    assert code == 3
+    assert "listen" in err
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x", encoding="utf-8")
+    config = write_config(
+        tmp_path, sim.base_url, f'[tasks]\nids = [1]\n[state]\npath = "{blocked}/s.db"\n'
+    )
+    for command in ("run", "check"):
+        code, _, err = await run(command, "--config", str(config))
+        assert code == 3, err
+        assert "state" in err
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not sqlite" * 100)
+    config = write_config(
+        tmp_path, sim.base_url, f'[tasks]\nids = [1]\n[state]\npath = "{corrupt}"\n'
+    )
+    code, _, err = await run("run", "--config", str(config))
+    assert code == 3
+    assert "corrupt" in err
+    assert corrupt.read_bytes() == b"this is not sqlite" * 100  # never a silent reset
