@@ -262,3 +262,52 @@ async def test_not_found_needs_two_polls(
     assert third.transitions == []
     assert len(captured_logs.named("task.not_found")) == 1
     assert second.polled == 1
+
+
+async def test_adaptive_polling_saves_requests_and_still_detects_in_time(
+    start_simulator: Callable[..., Any], clock: FakeClock
+) -> None:
+    """With max_interval, a healthy task is polled just before a rule could fire, and at
+    least every max_interval; the stuck one is detected within threshold + one interval."""
+    scenario = stuck_in_queue(1, scale=1000)  # never starts
+    sim = await start_simulator([scenario], clock=clock)
+    async with watcher_for(
+        sim,
+        clock,
+        [scenario.ref],
+        poll={"interval": 10, "max_interval": 300},
+        rules={"queued_max": 50, "no_progress": 0},
+    ) as watcher:
+        polled_at: list[int] = []
+        fired_at: list[int] = []
+        for second in range(0, 101, 10):
+            report = await watcher.run_cycle()
+            if report.polled:
+                polled_at.append(second)
+            if fired([report]):
+                fired_at.append(second)
+            clock.advance(10)
+    assert polled_at[:2] == [0, 40]  # nothing could fire before 50 s: cycles 10-30 skipped
+    assert fired_at == [60]  # first poll with age > 50 s: within threshold + one interval
+    assert polled_at[-3:] == [80, 90, 100]  # a firing task is polled every interval
+
+
+async def test_adaptive_polling_caps_the_wait_at_max_interval(
+    start_simulator: Callable[..., Any], clock: FakeClock
+) -> None:
+    """A task far from any threshold is still polled every max_interval (state changes such
+    as a failure or restarts cannot be foreseen)."""
+    scenario = stuck_in_queue(1, scale=1000)
+    sim = await start_simulator([scenario], clock=clock)
+    async with watcher_for(
+        sim,
+        clock,
+        [scenario.ref],
+        poll={"interval": 10, "max_interval": 30},
+        rules={"queued_max": 3600, "no_progress": 0},
+    ) as watcher:
+        polls = 0
+        for _ in range(12):  # 120 s
+            polls += (await watcher.run_cycle()).polled
+            clock.advance(10)
+    assert polls == 4  # at 0, 30, 60, 90 s instead of 12 times

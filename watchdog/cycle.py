@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
@@ -40,6 +40,7 @@ from watchdog.phases import PhaseTable, classify
 from watchdog.rules import (
     TaskHistory,
     clock_offset,
+    earliest_fire,
     evaluate,
     not_found_finding,
     restore_history,
@@ -515,9 +516,32 @@ class Watcher:
             return []
         findings = evaluate(state.ref, status, phase, state.history, self._thresholds, now, offset)
         reason = "finished" if phase is Phase.DONE else "cleared"
-        return self._step(
+        changes = self._step(
             state, findings, now, scope=_OBSERVED_SCOPE, reason=reason, force=reason != "cleared"
         )
+        if phase is not Phase.DONE and self._settings.poll.max_interval > 0:
+            state.due = self._adaptive_due(state, verdict.unknown is not None, offset, now)
+        return changes
+
+    def _adaptive_due(
+        self, state: TaskState, unknown: bool, offset: timedelta, now: datetime
+    ) -> float:
+        """Adaptive polling: a healthy task is polled again just before the earliest moment a
+        rule could fire for it, and at least every ``max_interval``; a task with an alert
+        (firing or pending), a failed one or one in an unknown status every interval."""
+        interval = self._settings.poll.interval
+        if unknown or any(a.status is not AlertStatus.RESOLVED for a in state.alerts.values()):
+            return 0.0
+        status, phase, history = state.status, state.phase, state.history
+        if status is None or history is None or phase is None or phase is Phase.FAILED:
+            return 0.0
+        wait = self._settings.poll.max_interval
+        fire_at = earliest_fire(status, phase, history, self._thresholds, offset)
+        if fire_at is not None:
+            wait = min(wait, (fire_at - now).total_seconds() - interval)
+        if wait <= interval:
+            return 0.0
+        return self._clock.monotonic() + wait
 
     def _step(
         self,

@@ -168,6 +168,40 @@ def evaluate(  # noqa: PLR0917 -- the cycle's call signature, fixed with the oth
     return findings
 
 
+def earliest_fire(
+    status: TaskStatus,
+    phase: Phase,
+    history: TaskHistory,
+    thresholds: Thresholds,
+    offset: timedelta = _ZERO,
+) -> datetime | None:
+    """The earliest local time at which a time-based rule could start to hold for this task
+    if nothing about it changes (None: no time-based rule applies). Rules that fire on a
+    change (failed, restarts, integration) cannot be foreseen; ``max_interval`` bounds them.
+
+    Server timestamps are moved to the local clock by ``offset`` (server minus local).
+    """
+    moments: list[datetime] = []
+    if phase is _PROCESSING or phase is _QUEUED:
+        started = status.pre_processing_started_on
+        if started is None:
+            if thresholds.queued_max > 0:
+                limit = thresholds.queued_max
+                moments.append(status.created_on - offset + timedelta(seconds=limit))
+        elif phase is _PROCESSING:
+            if thresholds.processing_max > 0:
+                pages = status.total_pages or 0
+                limit = thresholds.processing_max + thresholds.processing_per_page * pages
+                moments.append(started - offset + timedelta(seconds=limit))
+            if thresholds.zero_pages_after > 0 and status.total_pages == 0:
+                moments.append(started - offset + timedelta(seconds=thresholds.zero_pages_after))
+        if thresholds.no_progress > 0:
+            moments.append(history.progress_since + timedelta(seconds=thresholds.no_progress))
+    elif phase is _REVIEW and thresholds.review_max > 0 and history.review_since is not None:
+        moments.append(history.review_since + timedelta(seconds=thresholds.review_max))
+    return min(moments) if moments else None
+
+
 def not_found_finding(ref: TaskRef, streak: int) -> Finding | None:
     """``task_not_found`` once the API has answered 404 on ``NOT_FOUND_STREAK`` polls in a row."""
     if streak < NOT_FOUND_STREAK:
