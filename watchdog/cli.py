@@ -106,7 +106,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         settings = _load(args)
     except ConfigError as err:
         _print_config_error(err, sys.stderr)
-        return EXIT_CONFIG
+        # A health probe answers healthy or not: Docker reserves exit code 2.
+        return 1 if args.command == "health" else EXIT_CONFIG
     if args.command == "validate":
         sys.stdout.write(json.dumps(masked(settings), indent=2) + "\n")
         return EXIT_OK

@@ -32,6 +32,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
@@ -201,7 +202,8 @@ class TasksSettings(_Section):
         default_factory=list
     )
     file: OptionalPath = None
-    shard: Annotated[tuple[int, int], BeforeValidator(_parse_shard)] = (0, 1)
+    # NoDecode: "1/3" from the environment is text, not JSON
+    shard: Annotated[tuple[int, int], BeforeValidator(_parse_shard), NoDecode] = (0, 1)
 
     @field_validator("ids", mode="before")
     @classmethod
@@ -395,7 +397,9 @@ class _TomlSource(PydanticBaseSettingsSource):
             return {}
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-        base = path.resolve().parent
+        # Not resolve(): a Kubernetes ConfigMap file is a symlink into a folder that is
+        # replaced on every update; the mount point is the stable base.
+        base = path.absolute().parent
         for section, key in _PATH_KEYS:
             table = data.get(section)
             if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
