@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit clean
+.PHONY: demo test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,8 @@ demo: $(STAMP)
 test: $(STAMP) lint typecheck unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check watchdog tests
-	$(BIN)/ruff format --check watchdog tests
+	$(BIN)/ruff check watchdog tests bench
+	$(BIN)/ruff format --check watchdog tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -27,6 +27,14 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/coverage erase
 	$(BIN)/pytest --cov --cov-report=term
+
+# Benchmarks: ratios against baselines measured in the same run; writes docs/performance.md.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+# The long fault variants (many SIGKILLs, thousands of cycles); not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/pytest -m slow -p no:cacheprovider --timeout 1800
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage*

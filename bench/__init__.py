@@ -1,0 +1,1 @@
+"""sd-watchdog benchmarks: `make bench` (python -m bench)."""
