@@ -67,6 +67,7 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
     "sd_watchdog_tasks": ("gauge", frozenset({"phase"})),
     "sd_watchdog_alerts_firing": ("gauge", frozenset({"rule", "severity"})),
     "sd_watchdog_deliveries": ("counter", frozenset({"outcome"})),
+    "sd_watchdog_delivery_attempts": ("counter", frozenset({"outcome"})),
     "sd_watchdog_outbox_depth": ("gauge", frozenset()),
     "sd_watchdog_api_up": ("gauge", frozenset()),
     "sd_watchdog_last_successful_cycle_timestamp_seconds": ("gauge", frozenset()),
@@ -358,7 +359,9 @@ async def test_prometheus_scrapes_the_daemon_and_answers_queries(
         assert labels["severity"] == "warning"
         # nothing else fires: the API answers
         alerts = await query(session, prometheus, f"sd_watchdog_alerts_firing{{{job}}}")
-        assert [(a["rule"], v) for a, v in alerts] == [("queued_too_long", stuck)]
+        nonzero = [(a["rule"], v) for a, v in alerts if v]
+        assert nonzero == [("queued_too_long", stuck)]
+        assert len(alerts) == 10  # every rule reads 0 rather than vanishing
 
         await expect(session, prometheus, f'sd_watchdog_tasks{{{job},phase="queued"}} == {stuck}')
         tasks = await query(session, prometheus, f"sd_watchdog_tasks{{{job}}}")
@@ -478,7 +481,11 @@ async def test_metrics_exposition_has_every_family_and_no_secret(
 
     # --- during the outage: API down, failed polls counted as API errors by kind
     assert outage.value("sd_watchdog_api_up") == 0
-    firing = outage.by_label("sd_watchdog_alerts_firing", "rule")
+    firing = {
+        rule: value
+        for rule, value in outage.by_label("sd_watchdog_alerts_firing", "rule").items()
+        if value
+    }
     assert firing == {"api_unavailable": 1}, outage.text
     critical = outage.value(
         "sd_watchdog_alerts_firing", rule="api_unavailable", severity="critical"
@@ -501,7 +508,8 @@ async def test_metrics_exposition_has_every_family_and_no_secret(
     assert recovered.by_label("sd_watchdog_tasks", "phase") == {
         p: stuck if p == "queued" else 0 for p in PHASES
     }
-    assert recovered.by_label("sd_watchdog_alerts_firing", "rule") == {"queued_too_long": stuck}
+    after = recovered.by_label("sd_watchdog_alerts_firing", "rule")
+    assert {rule: value for rule, value in after.items() if value} == {"queued_too_long": stuck}
     cycles = recovered.value("sd_watchdog_cycles_total")
     assert cycles is not None
     assert cycles >= 3
@@ -516,7 +524,11 @@ async def test_metrics_exposition_has_every_family_and_no_secret(
     assert answered[:2] == [503, 400], answered
     assert deliveries == {
         "delivered": sum(1 for s in answered if 200 <= s < 300),
-        "failed_attempt": sum(1 for s in answered if s >= 300),
         "dropped": 1,
     }, (deliveries, answered)
+    attempts = recovered.by_label("sd_watchdog_delivery_attempts_total", "outcome")
+    assert attempts == {
+        "ok": sum(1 for s in answered if 200 <= s < 300),
+        "failed": sum(1 for s in answered if s >= 300),
+    }, (attempts, answered)
     assert len(captured_logs.named("alert.delivery_failed")) == 2

@@ -131,14 +131,7 @@ class Watcher:
         self._poller = poller
         self._clock = clock
         self._log = log or get_logger()
-        self._table = PhaseTable.build(settings.phases)
-        self._thresholds = Thresholds.from_settings(settings.rules)
-        self._policy = Policy(
-            repeat_interval=settings.alerts.repeat_interval,
-            flap_threshold=settings.alerts.flap_threshold,
-            flap_window=settings.alerts.flap_window,
-            hold=dict(settings.rules.for_),
-        )
+        self.apply_settings(settings)
         self.tasks: dict[str, TaskState] = {}
         self.api_alerts: dict[Rule, Alert] = {}
         self._all_failed_streak = 0

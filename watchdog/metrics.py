@@ -12,8 +12,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from watchdog.errors import StoreError
 from watchdog.logs import VERSION
-from watchdog.models import ApiErrorInfo, Phase
+from watchdog.models import DEFAULT_SEVERITY, ApiErrorInfo, Phase
 
 if TYPE_CHECKING:
     from watchdog.cycle import CycleReport, Watcher
@@ -109,26 +110,42 @@ class _LiveCollector(Collector):
             yield from _state_metrics(watcher)
         notifier = self.notifier
         if notifier is not None:
+            # Two counts that add up on their own: how each delivery ended, and how each
+            # attempt went (a delivery retried three times is one delivery, four attempts).
             deliveries = CounterMetricFamily(
                 f"{PREFIX}_deliveries",
-                "Alert delivery attempts by outcome",
+                "Deliveries by final outcome (delivered, or dropped: rejected or expired)",
                 labels=["outcome"],
             )
             deliveries.add_metric(["delivered"], notifier.delivered)
-            deliveries.add_metric(["failed_attempt"], notifier.failed_attempts)
             deliveries.add_metric(["dropped"], notifier.dropped)
             yield deliveries
+            attempts = CounterMetricFamily(
+                f"{PREFIX}_delivery_attempts",
+                "Delivery attempts by outcome",
+                labels=["outcome"],
+            )
+            attempts.add_metric(["ok"], notifier.delivered)
+            attempts.add_metric(["failed"], notifier.failed_attempts)
+            yield attempts
         if self.store is not None and self.store.is_open:
+            try:
+                outbox = self.store.outbox_depth()
+            except StoreError:
+                return  # one unreadable figure must not fail the whole scrape
             depth = GaugeMetricFamily(
                 f"{PREFIX}_outbox_depth", "Deliveries waiting in the durable outbox"
             )
-            depth.add_metric([], self.store.outbox_depth())
+            depth.add_metric([], outbox)
             yield depth
 
 
 def _state_metrics(watcher: Watcher) -> Iterator[Metric]:
     phases: Tally[str] = Tally({p.value: 0 for p in Phase})
-    firing: Tally[tuple[str, str]] = Tally()
+    # Every rule at its default severity reads 0 rather than vanishing when nothing fires.
+    firing: Tally[tuple[str, str]] = Tally(
+        {(rule.value, severity.label): 0 for rule, severity in DEFAULT_SEVERITY.items()}
+    )
     for state in watcher.tasks.values():
         phases[state.phase_name] += 1
         for alert in state.firing():
