@@ -138,7 +138,6 @@ class App:
             if self.watcher is not None:
                 self.watcher.on_api_error(info)
 
-        stack.push_async_callback(self._cancel_background)
 
         store = self.store = Store(settings.state.path)
         store.open()  # StoreError (exit 3) before anything else starts
@@ -219,6 +218,8 @@ class App:
         )
         self._systemd.ready(f"watching {len(refs)} tasks; first cycle scheduled")
         self._spawn(systemd_watchdog(self.vitals, self._systemd), "systemd-watchdog")
+        # Last in, first out: background tasks (reloads, pings) end before what they use.
+        stack.push_async_callback(self._cancel_background)
         return scheduler
 
     async def _tick(self) -> None:
