@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import shutil
 import socket
@@ -924,6 +925,8 @@ async def test_netrc_default_entry_is_ignored(
 def _self_signed(folder: Path) -> tuple[Path, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl is required under CI=true")
         pytest.skip("openssl is not installed")
     cert, key = folder / "cert.pem", folder / "key.pem"
     subprocess.run(

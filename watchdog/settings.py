@@ -385,11 +385,16 @@ _SECRETS_DIR: ContextVar[Path | None] = ContextVar("secrets_dir", default=None)
 _PATH_KEYS = (("api", "ca_file"), ("tasks", "file"), ("state", "path"))
 
 
-class _TomlSource(PydanticBaseSettingsSource):
-    """The TOML file; relative paths in it are relative to the file's folder."""
+class _WholeSource(PydanticBaseSettingsSource):
+    """A source that builds its whole dict in ``__call__`` (no per-field lookups)."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ is overridden
+        return None, field_name, False
+
+
+class _TomlSource(_WholeSource):
+    """The TOML file; relative paths in it are relative to the file's folder."""
+
 
     def __call__(self) -> dict[str, Any]:
         path = _TOML_FILE.get()
@@ -414,11 +419,9 @@ class _TomlSource(PydanticBaseSettingsSource):
         return data
 
 
-class _SecretsDirSource(PydanticBaseSettingsSource):
+class _SecretsDirSource(_WholeSource):
     """Files named like the environment variables (``watchdog_api__token``), any case."""
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ is overridden
 
     def __call__(self) -> dict[str, Any]:
         directory = _SECRETS_DIR.get()
@@ -494,15 +497,13 @@ class Settings(BaseSettings):
         )
 
 
-class _FilteredEnvSource(PydanticBaseSettingsSource):
+class _FilteredEnvSource(_WholeSource):
     """The environment, less ``WATCHDOG_*`` variables that match no key (others share it)."""
 
     def __init__(self, inner: PydanticBaseSettingsSource) -> None:
         super().__init__(inner.settings_cls)
         self._inner = inner
 
-    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        raise NotImplementedError  # __call__ is overridden
 
     def __call__(self) -> dict[str, Any]:
         return _prune(self._inner(), Settings)
