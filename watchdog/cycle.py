@@ -6,7 +6,6 @@ poll is no evidence either way and never escapes as an exception.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -17,8 +16,9 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from watchdog import alerts as alert_engine
-from watchdog.alerts import Alert, AlertStatus, Change, Policy, Transition
+from watchdog.alerts import Alert, AlertStatus, Policy, Transition
 from watchdog.clock import Clock
+from watchdog.events import log_changes, task_fields
 from watchdog.logs import Logger, get_logger
 from watchdog.models import (
     API_KEY,
@@ -38,21 +38,19 @@ from watchdog.models import (
 )
 from watchdog.phases import PhaseTable, classify
 from watchdog.rules import (
-    TaskHistory,
     clock_offset,
     earliest_fire,
     evaluate,
     not_found_finding,
-    restore_history,
     update_history,
 )
 from watchdog.settings import Settings, Thresholds
-from watchdog.store import Snapshot, Store, TaskRow
+from watchdog.state import Journal, TaskState, restored
+from watchdog.store import Snapshot, Store
 
 if TYPE_CHECKING:
     from watchdog.notify import Notifier
 
-_NEVER = -1.0  # next_poll_at of a done task that is never polled again (done_interval = 0)
 
 #: the rules a successful observation can judge (``task_not_found`` clears when a task is seen)
 _OBSERVED_SCOPE = frozenset(Rule) - {Rule.API_UNAVAILABLE}
@@ -62,34 +60,6 @@ _API_REF = TaskRef(key=API_KEY)
 
 class Poller(Protocol):
     async def poll(self, ref: TaskRef, *, deadline: float | None = None) -> PollResult: ...
-
-
-@dataclass(slots=True)
-class TaskState:
-    """What the watchdog knows about one watched task."""
-
-    ref: TaskRef
-    status: TaskStatus | None = None
-    phase: Phase | None = None
-    history: TaskHistory | None = None
-    polled_at: datetime | None = None
-    not_found_streak: int = 0
-    #: monotonic time before which the task is not polled (done, deferred)
-    due: float = 0.0
-    finished: bool = False
-    last_outcome: str = "pending"  # observed | not_found | failed | deferred | pending
-    alerts: dict[Rule, Alert] = field(default_factory=dict)
-    #: the row as last written to the store (to write only what changed)
-    saved: TaskRow | None = None
-
-    def firing(self) -> list[Alert]:
-        return [a for a in self.alerts.values() if a.status is AlertStatus.FIRING]
-
-    @property
-    def phase_name(self) -> str:
-        if self.last_outcome == "not_found":
-            return "not_found"
-        return self.phase.value if self.phase is not None else "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +95,7 @@ class Watcher:
         self._settings = settings
         self._store = store
         self._notifier = notifier
-        self._dirty_alerts: dict[str, Alert] = {}
-        self._deleted_alerts: set[str] = set()
-        self._touched: dict[str, TaskState] = {}
+        self._journal = Journal()
         self._poller = poller
         self._clock = clock
         self._log = log or get_logger()
@@ -165,12 +133,12 @@ class Watcher:
             state = self.tasks.pop(key)
             leaving[key] = state.status
             new, resolved = alert_engine.resolve_all(state.alerts, now, "unwatched")
-            self._track(state.alerts, new)
+            self._journal.track(state.alerts, new)
             changes += resolved
         for key, ref in wanted.items():
             if key not in self.tasks:
                 self.tasks[key] = TaskState(ref=ref)
-        self._report(changes)
+        log_changes(self._log, changes)
         self.commit(changes, leaving)
         return changes
 
@@ -179,72 +147,12 @@ class Watcher:
     def restore(self, snapshot: Snapshot) -> None:
         """Resume from the store: task history, alert state (same fingerprints and starts_at)
         and the API failure streak. Call before ``set_tasks``."""
-        wall = self._clock.now().timestamp()
-        mono = self._clock.monotonic()
-        for key, row in snapshot.tasks.items():
-            try:
-                ref = TaskRef.from_key(key)
-            except ValueError:
-                continue
-            state = TaskState(ref=ref, status=row.status, phase=row.phase)
-            if row.status is not None and row.progress_since is not None:
-                state.history = restore_history(row.status, row.progress_since, row.review_since)
-            state.not_found_streak = row.not_found_streak
-            state.finished = row.finished
-            if row.next_poll_at is None:
-                state.due = 0.0
-            elif row.next_poll_at == _NEVER:
-                state.due = math.inf
-            else:
-                state.due = mono + (row.next_poll_at - wall)
-            if row.not_found_streak:
-                state.last_outcome = "not_found"
-            elif row.status is not None:
-                state.last_outcome = "observed"
-            state.saved = row
-            self.tasks[key] = state
-        for alert in snapshot.alerts:
-            if alert.key == API_KEY:
-                self.api_alerts[alert.rule] = alert
-                continue
-            owner = self.tasks.get(alert.key)
-            if owner is None:
-                try:
-                    owner = self.tasks[alert.key] = TaskState(ref=TaskRef.from_key(alert.key))
-                except ValueError:
-                    continue
-            owner.alerts[alert.rule] = alert
-        self._all_failed_streak = int(snapshot.meta.get("api_failed_streak", "0") or 0)
-
-    def _row(self, state: TaskState, wall: float, mono: float) -> TaskRow:
-        if state.due == 0.0 or state.due <= mono:
-            next_poll: float | None = None
-        elif math.isinf(state.due):
-            next_poll = _NEVER
-        else:
-            next_poll = wall + (state.due - mono)
-        history = state.history
-        return TaskRow(
-            key=state.ref.key,
-            status=state.status,
-            phase=state.phase,
-            progress_since=history.progress_since if history is not None else None,
-            review_since=history.review_since if history is not None else None,
-            not_found_streak=state.not_found_streak,
-            finished=state.finished,
-            next_poll_at=next_poll,
+        tasks, api_alerts = restored(
+            snapshot, self._clock.now().timestamp(), self._clock.monotonic()
         )
-
-    def _track(self, old: Mapping[Rule, Alert], new: Mapping[Rule, Alert]) -> None:
-        """Remember which alerts changed (frozen records: a change is a new object)."""
-        for rule, alert in new.items():
-            if old.get(rule) is not alert:
-                self._dirty_alerts[alert.fingerprint] = alert
-                self._deleted_alerts.discard(alert.fingerprint)
-        for rule, alert in old.items():
-            if rule not in new:
-                self._deleted_alerts.add(alert.fingerprint)
-                self._dirty_alerts.pop(alert.fingerprint, None)
+        self.tasks.update(tasks)
+        self.api_alerts.update(api_alerts)
+        self._all_failed_streak = int(snapshot.meta.get("api_failed_streak", "0") or 0)
 
     def statuses(self) -> dict[str, TaskStatus | None]:
         return {key: state.status for key, state in self.tasks.items()}
@@ -255,18 +163,12 @@ class Watcher:
         leaving: Mapping[str, TaskStatus | None] | None = None,
     ) -> None:
         """Write what changed, and the deliveries it causes, in one transaction."""
+        journal = self._journal
         if self._store is None:
-            self._touched.clear()
+            journal.clear()
             return
-        wall_now = self._clock.now()
-        wall = wall_now.timestamp()
-        mono = self._clock.monotonic()
-        rows = []
-        for state in self._touched.values():
-            row = self._row(state, wall, mono)
-            if row != state.saved:
-                rows.append(row)
-                state.saved = row
+        wall = self._clock.now().timestamp()
+        rows = journal.changed_rows(wall, self._clock.monotonic())
         deliveries = []
         if self._notifier is not None and changes:
             statuses = dict(leaving or {})
@@ -277,14 +179,12 @@ class Watcher:
         self._store.save(
             now=wall,
             tasks=rows,
-            alerts=list(self._dirty_alerts.values()),
-            deleted_alerts=list(self._deleted_alerts),
+            alerts=list(journal.alerts.values()),
+            deleted_alerts=list(journal.deleted),
             deliveries=deliveries,
             meta={"api_failed_streak": str(self._all_failed_streak)},
         )
-        self._touched.clear()
-        self._dirty_alerts.clear()
-        self._deleted_alerts.clear()
+        journal.clear()
         if deliveries and self._notifier is not None:
             self._notifier.wake()
 
@@ -348,7 +248,7 @@ class Watcher:
                 outcomes["deferred"] += 1
                 state.due = result.until
                 state.last_outcome = "deferred"
-                self._touched[state.ref.key] = state
+                self._journal.touch(state)
                 continue
             else:
                 failed += 1
@@ -360,7 +260,7 @@ class Watcher:
                 if state.alerts:
                     pruned = alert_engine.prune(state.alerts, now, self._policy)
                     if len(pruned) != len(state.alerts):
-                        self._track(state.alerts, pruned)
+                        self._journal.track(state.alerts, pruned)
                     state.alerts = pruned
         self.commit(changes)
 
@@ -432,15 +332,15 @@ class Watcher:
             Policy(repeat_interval=self._policy.repeat_interval, flap_threshold=0),
             scope=(Rule.API_UNAVAILABLE,),
         )
-        self._track(previous, self.api_alerts)
-        self._report(changes)
+        self._journal.track(previous, self.api_alerts)
+        log_changes(self._log, changes)
         return changes
 
     # --- one task ------------------------------------------------------------------------------
 
     def _apply(self, state: TaskState, result: PollResult, now: datetime) -> list[Transition]:
         frozen = self.api_down  # while the API is down, task alerts neither fire nor resolve
-        self._touched[state.ref.key] = state
+        self._journal.touch(state)
         if isinstance(result, PollFailed | Deferred):
             state.last_outcome = "failed"
             return []
@@ -454,7 +354,7 @@ class Watcher:
         state.not_found_streak += 1
         state.last_outcome = "not_found"
         if state.not_found_streak == 1:
-            self._log.info("task.not_found", **_task_fields(state.ref))
+            self._log.info("task.not_found", **task_fields(state.ref))
         finding = not_found_finding(state.ref, state.not_found_streak)
         if frozen:
             return []
@@ -471,7 +371,7 @@ class Watcher:
             self._unknown_seen.add(verdict.unknown)
             self._log.warning(
                 "task.unknown_status",
-                **_task_fields(state.ref, status),
+                **task_fields(state.ref, status),
                 status=verdict.unknown,
                 task_status=status.task_status,
                 task_status_text=status.task_status_text,
@@ -499,7 +399,7 @@ class Watcher:
                 state.finished = True
                 self._log.info(
                     "task.finished",
-                    **_task_fields(state.ref, status),
+                    **task_fields(state.ref, status),
                     task_status=status.task_status,
                     task_status_text=status.task_status_text,
                 )
@@ -552,57 +452,9 @@ class Watcher:
             state.alerts, findings, state.ref, now, self._policy,
             scope=scope, reason=reason, force=force, workspace_id=workspace,
         )  # fmt: skip
-        self._track(previous, state.alerts)
-        self._report(changes, state.status)
+        self._journal.track(previous, state.alerts)
+        log_changes(self._log, changes, state.status)
         return changes
-
-    # --- reporting -----------------------------------------------------------------------------
-
-    def _report(self, changes: Sequence[Transition], status: TaskStatus | None = None) -> None:
-        for change in changes:
-            alert = change.alert
-            fields = {
-                "rule": alert.rule.value,
-                "severity": alert.severity.label,
-                "fingerprint": alert.fingerprint,
-            }
-            if alert.key == API_KEY:
-                if change.change is Change.FIRED:
-                    self._log.error(
-                        "api.unavailable", **fields, summary=alert.summary, evidence=alert.evidence
-                    )
-                elif change.change is Change.RESOLVED:
-                    self._log.info("api.recovered", **fields)
-                continue
-            task: dict[str, object] = {"task_id": alert.task_id, "external_id": alert.external_id}
-            if status is not None:
-                task = _task_fields_for(alert, status)
-            if change.change is Change.FIRED:
-                self._log.warning(
-                    "task.stuck",
-                    **task,
-                    **fields,
-                    summary=alert.summary,
-                    evidence=alert.evidence,
-                    starts_at=iso(alert.starts_at),
-                )
-            elif change.change is Change.RESOLVED:
-                self._log.info(
-                    "task.recovered",
-                    **task,
-                    **fields,
-                    reason=change.reason,
-                    starts_at=iso(alert.starts_at),
-                    ends_at=iso(alert.ends_at),
-                )
-            elif change.change is Change.FLAPPING:
-                self._log.warning(
-                    "alert.flapping",
-                    **task,
-                    **fields,
-                    flips=len(alert.flips),
-                    summary=alert.summary,
-                )
 
 
 def _api_answered(result: PollResult) -> bool:
@@ -642,23 +494,8 @@ def _api_finding(rejected: list[PollFailed], requests: int, streak: int) -> Find
     return None
 
 
-def _task_fields(ref: TaskRef, status: TaskStatus | None = None) -> dict[str, object]:
-    task_id = ref.task_id if ref.task_id is not None else (status.task_id if status else None)
-    external = (
-        ref.external_id if ref.external_id is not None else (status.external_id if status else None)
-    )
-    return {"task_id": task_id, "external_id": external}
-
-
-def _task_fields_for(alert: Alert, status: TaskStatus) -> dict[str, object]:
-    return {
-        "task_id": alert.task_id if alert.task_id is not None else status.task_id,
-        "external_id": alert.external_id if alert.external_id is not None else status.external_id,
-    }
-
-
 def _task_fields_from_key(key: str | None, tasks: dict[str, TaskState]) -> dict[str, object]:
     if key is None or key not in tasks:
         return {}
     state = tasks[key]
-    return _task_fields(state.ref, state.status)
+    return task_fields(state.ref, state.status)

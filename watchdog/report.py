@@ -9,11 +9,12 @@ from typing import Any, TextIO
 
 from watchdog.client import SmartDocumentorClient
 from watchdog.clock import Clock, SystemClock
-from watchdog.cycle import CycleReport, TaskState, Watcher
+from watchdog.cycle import CycleReport, Watcher
 from watchdog.logs import get_logger
 from watchdog.models import ApiErrorInfo
 from watchdog.notify import Notifier
 from watchdog.settings import Settings
+from watchdog.state import TaskState
 from watchdog.store import Store
 from watchdog.tasks import watched_tasks
 
