@@ -138,7 +138,6 @@ class App:
             if self.watcher is not None:
                 self.watcher.on_api_error(info)
 
-
         store = self.store = Store(settings.state.path)
         store.open()  # StoreError (exit 3) before anything else starts
         stack.callback(store.close)

@@ -395,7 +395,6 @@ class _WholeSource(PydanticBaseSettingsSource):
 class _TomlSource(_WholeSource):
     """The TOML file; relative paths in it are relative to the file's folder."""
 
-
     def __call__(self) -> dict[str, Any]:
         path = _TOML_FILE.get()
         if path is None:
@@ -421,7 +420,6 @@ class _TomlSource(_WholeSource):
 
 class _SecretsDirSource(_WholeSource):
     """Files named like the environment variables (``watchdog_api__token``), any case."""
-
 
     def __call__(self) -> dict[str, Any]:
         directory = _SECRETS_DIR.get()
@@ -503,7 +501,6 @@ class _FilteredEnvSource(_WholeSource):
     def __init__(self, inner: PydanticBaseSettingsSource) -> None:
         super().__init__(inner.settings_cls)
         self._inner = inner
-
 
     def __call__(self) -> dict[str, Any]:
         return _prune(self._inner(), Settings)
