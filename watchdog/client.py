@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import importlib.metadata
 import json
 import math
 import random
@@ -23,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,6 +36,7 @@ from watchdog.auth import (
 )
 from watchdog.clock import Clock, SystemClock
 from watchdog.errors import ApiError, ConfigError
+from watchdog.logs import VERSION
 from watchdog.models import (
     ApiErrorInfo,
     Deferred,
@@ -48,6 +48,9 @@ from watchdog.models import (
     TaskStatus,
 )
 from watchdog.settings import ApiSettings, redact_url
+from watchdog.status import invalid_response, parse_task_status
+
+__all__ = ["STATUS_PATH", "TOKEN_PATH", "USER_AGENT", "SmartDocumentorClient", "parse_task_status"]
 
 STATUS_PATH = "/api/v1.0/external/sdtask/status"
 TOKEN_PATH = "/connect/token"  # noqa: S105 - a URL path, not a password
@@ -56,109 +59,17 @@ _ERROR_BODY_LIMIT = 4096  # enough for an OAuth error object; error bodies are n
 _TRANSIENT = frozenset({"timeout", "connection"})
 
 
-def _version() -> str:
-    try:
-        return importlib.metadata.version("sd-watchdog")
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "0+unknown"
-
-
-USER_AGENT = f"sd-watchdog/{_version()}"
-
-
-# --- the status object --------------------------------------------------------------------
-
-
-def _invalid(message: str) -> ApiError:
-    return ApiError("invalid_response", message)
-
-
-_JSON_TYPES = {"NoneType": "null", "bool": "boolean", "int": "number", "float": "number"}
-_JSON_TYPES |= {"str": "string", "list": "array", "dict": "object"}
-
-
-def _kind(value: object) -> str:
-    """The JSON type name of ``value``, for messages (never the value: keep lines short)."""
-    return _JSON_TYPES.get(type(value).__name__, type(value).__name__)
-
-
-def _opt_int(data: dict[str, Any], key: str, minimum: int | None = None) -> int | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if type(value) is not int:  # also rejects bool, an int subclass
-        raise _invalid(f"{key}: expected an integer, got {_kind(value)}")
-    if minimum is not None and value < minimum:
-        raise _invalid(f"{key}: must be >= {minimum}, got {value}")
-    return value
-
-
-def _opt_str(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise _invalid(f"{key}: expected a string, got {_kind(value)}")
-
-
-def _opt_datetime(data: dict[str, Any], key: str) -> datetime | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if type(value) is not str:
-        raise _invalid(f"{key}: expected an ISO-8601 datetime, got {_kind(value)}")
-    try:
-        # Python ≥ 3.11 accepts "Z" and truncates the API's 7-digit fractions to 6
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise _invalid(f"{key}: not an ISO-8601 datetime") from None
-    # the API's dates are UTC; one without an offset is read as UTC too
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
-def parse_task_status(data: object) -> TaskStatus:
-    """Validate one ``GetTaskStatusResponse``; ``ApiError("invalid_response")`` names the field.
-
-    Plain type checks, no pydantic: this runs for every task of every cycle.
-    """
-    if not isinstance(data, dict):
-        raise _invalid(f"expected a JSON object, got {_kind(data)}")
-    task_id = data.get("taskId")
-    if type(task_id) is not int:
-        raise _invalid(f"taskId: expected an integer, got {_kind(task_id)}")
-    created_on = _opt_datetime(data, "createdOn")
-    if created_on is None:
-        raise _invalid("createdOn: required, got null")
-    task_status = _opt_int(data, "taskStatus")
-    task_status_text = _opt_str(data, "taskStatusText")
-    if task_status is None and task_status_text is None:
-        raise _invalid("taskStatus and taskStatusText: at least one is required")
-    return TaskStatus(
-        task_id=task_id,
-        created_on=created_on,
-        task_status=task_status,
-        task_status_text=task_status_text,
-        integration_status=_opt_int(data, "integrationStatus"),
-        integration_status_text=_opt_str(data, "integrationStatusText"),
-        total_pages=_opt_int(data, "totalPages", 0),
-        restart_count=_opt_int(data, "restartCount", 0) or 0,
-        pre_processing_started_on=_opt_datetime(data, "preProcessingStartedOn"),
-        workspace_id=_opt_int(data, "workspaceId"),
-        batch_id=_opt_int(data, "batchId"),
-        task_number=_opt_int(data, "taskNumber"),
-        external_id=_opt_str(data, "externalId"),
-        display_name=_opt_str(data, "displayName"),
-        description=_opt_str(data, "description"),
-    )
+USER_AGENT = f"sd-watchdog/{VERSION}"
 
 
 def _parse_answer(body: bytes, ref: TaskRef) -> TaskStatus:
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):  # bad JSON, bad UTF-8, absurd nesting or digits
-        raise _invalid("the body is not JSON") from None
+        raise invalid_response("the body is not JSON") from None
     status = parse_task_status(data)
     if ref.task_id is not None and status.task_id != ref.task_id:
-        raise _invalid(f"taskId: asked for {ref.task_id}, got {status.task_id}")
+        raise invalid_response(f"taskId: asked for {ref.task_id}, got {status.task_id}")
     return status
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from watchdog.alerts import Alert, AlertStatus
 from watchdog.errors import ApiError, StoreError
 from watchdog.models import Phase, Rule, Severity, TaskStatus, iso
+from watchdog.status import parse_task_status
 
 SCHEMA_VERSION = 1
 
@@ -214,8 +215,6 @@ class Store:
     # --- load -------------------------------------------------------------------------------
 
     def load(self) -> Snapshot:
-        from watchdog.client import parse_task_status  # noqa: PLC0415 (the one status parser)
-
         try:
             tasks: dict[str, TaskRow] = {}
             for row in self.db.execute(
