@@ -145,7 +145,7 @@ def resolve_all(
 
 def prune(current: Mapping[Rule, Alert], now: datetime, policy: Policy) -> dict[Rule, Alert]:
     """Forget resolved alerts whose flips have all left the flap window (bounded memory)."""
-    window = timedelta(seconds=policy.flap_window)
+    window = _span(policy.flap_window)
     kept: dict[Rule, Alert] = {}
     for rule, alert in current.items():
         if alert.status is AlertStatus.RESOLVED:
@@ -178,8 +178,7 @@ def _holding(  # noqa: PLR0917 (a private helper of step)
             clear_since=None,
         )
         due = prev.last_sent_at is None or (
-            policy.repeat_interval > 0
-            and now - prev.last_sent_at >= timedelta(seconds=policy.repeat_interval)
+            policy.repeat_interval > 0 and now - prev.last_sent_at >= _span(policy.repeat_interval)
         )
         if due:
             alert = replace(alert, last_sent_at=now)
@@ -206,7 +205,7 @@ def _holding(  # noqa: PLR0917 (a private helper of step)
         flips=flips,
         workspace_id=workspace_id,
     )
-    if hold > 0 and now - pending_since < timedelta(seconds=hold):
+    if hold > 0 and now - pending_since < _span(hold):
         return base, None
     fired = replace(
         base,
@@ -232,7 +231,7 @@ def _cleared(
     if force:
         resolved = _resolved(prev, now)
         return resolved, Transition(Change.RESOLVED, resolved, reason)
-    window = timedelta(seconds=policy.flap_window)
+    window = _span(policy.flap_window)
     if prev.flapping:
         if prev.clear_since is None:
             return replace(prev, clear_since=now), None
@@ -246,6 +245,14 @@ def _cleared(
         return flapping, Transition(Change.FLAPPING, flapping)
     resolved = _resolved(replace(prev, flips=flips), now)
     return resolved, Transition(Change.RESOLVED, resolved, reason)
+
+
+def _span(seconds: float) -> timedelta:
+    """A policy duration; one past timedelta's range (~2.7 million years) means forever."""
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:
+        return timedelta.max
 
 
 def _resolved(alert: Alert, now: datetime) -> Alert:

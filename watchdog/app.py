@@ -24,7 +24,7 @@ from watchdog.cycle import CycleReport, Watcher
 from watchdog.errors import ConfigError, WatchdogError
 from watchdog.logs import Logger, get_logger
 from watchdog.metrics import Metrics
-from watchdog.models import ApiErrorInfo
+from watchdog.models import ApiErrorInfo, iso
 from watchdog.notify import Notifier
 from watchdog.server import HealthServer
 from watchdog.settings import Settings, redact_url
@@ -287,10 +287,10 @@ class App:
             for name in ("api", "poll", "server", "state", "log")
             if getattr(new, name) != getattr(old, name)
         ]
-        if new.alerts.webhooks != old.alerts.webhooks:
-            restart_required.append("alerts.webhooks")
-        if new.alerts.alertmanager != old.alerts.alertmanager:
-            restart_required.append("alerts.alertmanager")
+        # repeat_interval and flapping are applied live; the rest of [alerts] is the notifier's
+        live = {"repeat_interval", "flap_threshold", "flap_window"}
+        if new.alerts.model_dump(exclude=live) != old.alerts.model_dump(exclude=live):
+            restart_required.append("alerts")
         self.settings = new
         self._log.info(
             "config.reloaded",
@@ -356,7 +356,7 @@ class App:
         self.metrics.overruns.inc()
         self._log.warning(
             "cycle.overrun",
-            scheduled_at=event.scheduled_run_time.isoformat() if event.scheduled_run_time else None,
+            scheduled_at=iso(event.scheduled_run_time) if event.scheduled_run_time else None,
             interval_s=self.settings.poll.interval,
         )
 

@@ -92,7 +92,7 @@ class Watcher:
         store: Store | None = None,
         notifier: Notifier | None = None,
     ) -> None:
-        self._settings = settings
+        self._settings = settings  # poll and api: fixed for the watcher's life
         self._store = store
         self._notifier = notifier
         self._journal = Journal()
@@ -110,8 +110,8 @@ class Watcher:
         self.cycles = 0
 
     def apply_settings(self, settings: Settings) -> None:
-        """A reload: new rules, phases and alert policy; state is kept."""
-        self._settings = settings
+        """New rules, phases and alert policy (also on a reload); state is kept. The poll and
+        API settings stay those the watcher was built with: changing them needs a restart."""
         self._table = PhaseTable.build(settings.phases)
         self._thresholds = Thresholds.from_settings(settings.rules)
         self._policy = Policy(
@@ -329,7 +329,11 @@ class Watcher:
             findings,
             _API_REF,
             now,
-            Policy(repeat_interval=self._policy.repeat_interval, flap_threshold=0),
+            Policy(
+                repeat_interval=self._policy.repeat_interval,
+                flap_threshold=0,
+                hold={r: s for r, s in self._policy.hold.items() if r is Rule.API_UNAVAILABLE},
+            ),
             scope=(Rule.API_UNAVAILABLE,),
         )
         self._journal.track(previous, self.api_alerts)

@@ -200,6 +200,7 @@ class Notifier:
 
     async def start(self) -> None:
         """Open the session, forget deliveries of receivers no longer configured, start lanes."""
+        self._drop_orphans()
         if not self.receivers:
             return
         self._session = aiohttp.ClientSession(
@@ -207,6 +208,15 @@ class Notifier:
             headers={"User-Agent": _USER_AGENT},
             cookie_jar=aiohttp.DummyCookieJar(),
         )
+        for receiver in self.receivers:
+            self._wake[receiver.target] = asyncio.Event()
+            self._idle[receiver.target] = asyncio.Event()
+            self._lanes[receiver.target] = asyncio.create_task(
+                self._lane(receiver), name=f"delivery-{receiver.kind}-{receiver.shown}"
+            )
+
+    def _drop_orphans(self) -> None:
+        """Deliveries queued for receivers no longer configured can never go out."""
         for target in self._store.targets():
             if target not in self._by_target:
                 for delivery in self._store.drop_target(target):
@@ -220,12 +230,6 @@ class Notifier:
                         will_retry=False,
                         alerts=delivery.alerts,
                     )
-        for receiver in self.receivers:
-            self._wake[receiver.target] = asyncio.Event()
-            self._idle[receiver.target] = asyncio.Event()
-            self._lanes[receiver.target] = asyncio.create_task(
-                self._lane(receiver), name=f"delivery-{receiver.kind}-{receiver.shown}"
-            )
 
     def wake(self) -> None:
         """New deliveries were committed: every lane looks at its queue again."""
@@ -304,7 +308,7 @@ class Notifier:
             self.dropped += 1
             self._log.error(
                 "alert.delivery_failed", **fields, error="expired", will_retry=False,
-                status=None, age_s=round(now - delivery.created_at, 1),
+                reason="expired", status=None, age_s=round(now - delivery.created_at, 1),
             )  # fmt: skip
             return
         started = time.perf_counter()
@@ -319,7 +323,12 @@ class Notifier:
             return
         self.failed_attempts += 1
         wait = self._backoff(attempt, outcome.retry_after)
-        expired = max_age > 0 and now + wait - delivery.created_at > max_age
+        expired = False
+        if max_age > 0:
+            # Kept until it is older than max_delivery_age: the last try is at that moment.
+            remaining = max_age - (now - delivery.created_at)
+            expired = remaining <= 0
+            wait = min(wait, max(remaining, 0.0))
         if not outcome.retry or expired:
             self._store.delivered(delivery.seq)  # final: nothing more will be tried
             self.dropped += 1

@@ -56,6 +56,17 @@ async def run_check(
                 log.warning("config.no_tasks")
             report = await watcher.run_cycle()
         if notify and notifier.enabled:
+            # Alertmanager forgets a firing alert 4 x resend_interval after its last push:
+            # a cron run re-pushes every firing alert, like the daemon's resend job.
+            firing = [a for s in watcher.tasks.values() for a in s.firing()]
+            firing += [a for a in watcher.api_alerts.values() if a.firing]
+            if firing:
+                deliveries, superseded = notifier.plan_resend(firing, watcher.statuses())
+                store.save(
+                    now=clock.now().timestamp(),
+                    deliveries=deliveries,
+                    superseded_kinds=superseded,
+                )
             # Every undelivered change in the store goes out, also from earlier runs.
             await notifier.start()
             try:

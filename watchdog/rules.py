@@ -18,7 +18,7 @@ measured) and ``clock_offset_s`` when a non-zero offset went into the age.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from watchdog.models import DEFAULT_SEVERITY, Finding, Phase, Rule, TaskRef, TaskStatus, iso
@@ -33,6 +33,7 @@ SKEW_TOLERANCE = timedelta(seconds=60)
 NOT_FOUND_STREAK = 2
 
 _ZERO = timedelta(0)
+_EARLIEST = datetime.min.replace(tzinfo=UTC)
 _QUEUED = Phase.QUEUED
 _PROCESSING = Phase.PROCESSING
 _REVIEW = Phase.REVIEW
@@ -187,19 +188,29 @@ def earliest_fire(
         if started is None:
             if thresholds.queued_max > 0:
                 limit = thresholds.queued_max
-                moments.append(status.created_on - offset + timedelta(seconds=limit))
+                moments.append(_moment(status.created_on, limit, offset))
         elif phase is _PROCESSING:
             if thresholds.processing_max > 0:
                 pages = status.total_pages or 0
                 limit = thresholds.processing_max + thresholds.processing_per_page * pages
-                moments.append(started - offset + timedelta(seconds=limit))
+                moments.append(_moment(started, limit, offset))
             if thresholds.zero_pages_after > 0 and status.total_pages == 0:
-                moments.append(started - offset + timedelta(seconds=thresholds.zero_pages_after))
+                moments.append(_moment(started, thresholds.zero_pages_after, offset))
         if thresholds.no_progress > 0:
-            moments.append(history.progress_since + timedelta(seconds=thresholds.no_progress))
+            moments.append(_moment(history.progress_since, thresholds.no_progress))
     elif phase is _REVIEW and thresholds.review_max > 0 and history.review_since is not None:
-        moments.append(history.review_since + timedelta(seconds=thresholds.review_max))
+        moments.append(_moment(history.review_since, thresholds.review_max))
     return min(moments) if moments else None
+
+
+def _moment(since: datetime, limit: float, offset: timedelta = _ZERO) -> datetime:
+    """``since - offset + limit``; out of the datetime range (a year-1 or year-9999 timestamp
+    from the API, a skew of millennia, an enormous threshold) it is the earliest moment, so
+    the task is polled every interval, never later than without adaptive polling."""
+    try:
+        return since - offset + timedelta(seconds=limit)
+    except OverflowError:
+        return _EARLIEST
 
 
 def not_found_finding(ref: TaskRef, streak: int) -> Finding | None:

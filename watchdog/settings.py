@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -54,7 +55,10 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration cannot be true; use a number of seconds or e.g. '30m'")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int beyond any float, e.g. from TOML
+            raise ValueError("a duration must be finite") from None
     elif isinstance(value, str):
         text = value.strip().lower()
         if not text:
@@ -103,7 +107,13 @@ def _empty_to_none(value: object) -> object:
     return value
 
 
-OptionalPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+def _path_text(value: object) -> object:
+    if isinstance(value, str) and "\x00" in value:  # the OS would refuse it later, less clearly
+        raise ValueError("a path cannot contain a NUL character")
+    return value
+
+
+OptionalPath = Annotated[Path | None, BeforeValidator(_path_text), BeforeValidator(_empty_to_none)]
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
 OptionalStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 
@@ -186,13 +196,17 @@ class ApiSettings(_Section):
 
 def _parse_shard(value: object) -> object:
     if isinstance(value, str):
-        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        match = re.fullmatch(r"\s*([0-9]+)\s*/\s*([0-9]+)\s*", value)
         if not match:
             raise ValueError("shard must look like 'i/N', e.g. '0/3'")
-        index, total = int(match.group(1)), int(match.group(2))
-        if total < 1 or index >= total:
-            raise ValueError("shard 'i/N' needs N >= 1 and 0 <= i < N")
-        return (index, total)
+        return (int(match.group(1)), int(match.group(2)))
+    return value  # e.g. [0, 3] from TOML: the tuple's own validation, then the range check
+
+
+def _check_shard(value: tuple[int, int]) -> tuple[int, int]:
+    index, total = value
+    if total < 1 or not 0 <= index < total:
+        raise ValueError("shard 'i/N' needs N >= 1 and 0 <= i < N")
     return value
 
 
@@ -203,7 +217,9 @@ class TasksSettings(_Section):
     )
     file: OptionalPath = None
     # NoDecode: "1/3" from the environment is text, not JSON
-    shard: Annotated[tuple[int, int], BeforeValidator(_parse_shard), NoDecode] = (0, 1)
+    shard: Annotated[
+        tuple[int, int], BeforeValidator(_parse_shard), AfterValidator(_check_shard), NoDecode
+    ] = (0, 1)
 
     @field_validator("ids", mode="before")
     @classmethod
@@ -362,7 +378,7 @@ def _default_state_path() -> Path:
 
 
 class StateSettings(_Section):
-    path: Path = Field(default_factory=_default_state_path)
+    path: Annotated[Path, BeforeValidator(_path_text)] = Field(default_factory=_default_state_path)
     retention: Duration = 30 * 86400.0
 
 
@@ -407,15 +423,23 @@ class _TomlSource(_WholeSource):
         for section, key in _PATH_KEYS:
             table = data.get(section)
             if isinstance(table, dict) and isinstance(table.get(key), str) and table[key]:
-                table[key] = str(base / Path(table[key]).expanduser())
+                table[key] = _relative_to(base, table[key], f"{section}.{key}")
         alerts = data.get("alerts")
         hooks = alerts.get("webhooks") if isinstance(alerts, dict) else None
         if isinstance(hooks, list):
             for hook in hooks:
                 secret_file = hook.get("secret_file") if isinstance(hook, dict) else None
                 if isinstance(secret_file, str) and secret_file:
-                    hook["secret_file"] = str(base / Path(secret_file).expanduser())
+                    hook["secret_file"] = _relative_to(base, secret_file, "alerts.webhooks")
         return data
+
+
+def _relative_to(base: Path, text: str, key: str) -> str:
+    """``text`` with ``~`` expanded, relative to ``base`` (the config file's folder)."""
+    try:
+        return str(base / Path(text).expanduser())
+    except RuntimeError:  # "~someone" of an unknown user, or no home folder at all
+        raise ConfigError([(key, "cannot expand '~': unknown user or no home folder")]) from None
 
 
 class _SecretsDirSource(_WholeSource):

@@ -23,12 +23,19 @@ def _kind(value: object) -> str:
     return _JSON_TYPES.get(type(value).__name__, type(value).__name__)
 
 
+#: the API's integers are .NET Int32/Int64; a bigger JSON number is garbage (and 10**400 pages
+#: would overflow the float arithmetic of the rules)
+_INT64 = range(-(2**63), 2**63)
+
+
 def _opt_int(data: dict[str, Any], key: str, minimum: int | None = None) -> int | None:
     value = data.get(key)
     if value is None:
         return None
     if type(value) is not int:  # also rejects bool, an int subclass
         raise invalid_response(f"{key}: expected an integer, got {_kind(value)}")
+    if value not in _INT64:
+        raise invalid_response(f"{key}: out of the 64-bit integer range")
     if minimum is not None and value < minimum:
         raise invalid_response(f"{key}: must be >= {minimum}, got {value}")
     return value
@@ -50,10 +57,12 @@ def _opt_datetime(data: dict[str, Any], key: str) -> datetime | None:
     try:
         # Python ≥ 3.11 accepts "Z" and truncates the API's 7-digit fractions to 6
         parsed = datetime.fromisoformat(value)
+        # the API's dates are UTC; one without an offset is read as UTC too
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
     except ValueError:
         raise invalid_response(f"{key}: not an ISO-8601 datetime") from None
-    # the API's dates are UTC; one without an offset is read as UTC too
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise invalid_response(f"{key}: out of the representable date range") from None
 
 
 def parse_task_status(data: object) -> TaskStatus:
@@ -63,9 +72,9 @@ def parse_task_status(data: object) -> TaskStatus:
     """
     if not isinstance(data, dict):
         raise invalid_response(f"expected a JSON object, got {_kind(data)}")
-    task_id = data.get("taskId")
-    if type(task_id) is not int:
-        raise invalid_response(f"taskId: expected an integer, got {_kind(task_id)}")
+    task_id = _opt_int(data, "taskId")
+    if task_id is None:
+        raise invalid_response("taskId: expected an integer, got null")
     created_on = _opt_datetime(data, "createdOn")
     if created_on is None:
         raise invalid_response("createdOn: required, got null")

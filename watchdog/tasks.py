@@ -30,7 +30,7 @@ def parse_tasks_file(text: str, *, source: str = "tasks file") -> list[TaskRef]:
                 problems.append((f"tasks.file:{number}", "empty or too long external ID"))
                 continue
             refs.append(TaskRef.by_external_id(external))
-        elif line.isdigit() and int(line) > 0:
+        elif line.isascii() and line.isdigit() and int(line) > 0:  # not "²", which int() refuses
             refs.append(TaskRef.by_id(int(line)))
         else:
             problems.append(
