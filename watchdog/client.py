@@ -452,6 +452,12 @@ class SmartDocumentorClient:
                 await self._clock.sleep(wait)
                 return None
             until = end  # the wait reaches past the cycle: the caller polls again then
+        elif failure.retryable and failure.retry_after is not None and deadline is not None:
+            # Out of retries, but the server asked for a pause that outlasts this cycle: the
+            # next cycle must not come back before it ends either.
+            end = self._clock.monotonic() + min(failure.retry_after, self._api.retry_after_max)
+            if end > deadline:
+                until = end
         self._report(endpoint, failure, attempt, False, key)
         return until
 

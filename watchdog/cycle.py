@@ -9,7 +9,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,6 +38,8 @@ from watchdog.models import (
 )
 from watchdog.phases import PhaseTable, classify
 from watchdog.rules import (
+    SKEW_TOLERANCE,
+    TaskHistory,
     clock_offset,
     earliest_fire,
     evaluate,
@@ -105,6 +107,8 @@ class Watcher:
         self._all_failed_streak = 0
         self._unknown_seen: set[str] = set()
         self._skew_logged = False
+        #: (wall, monotonic) when the last cycle judged its tasks: wall-clock steps show here
+        self._wall_mark: tuple[datetime, float] | None = None
         self._cycle_api_errors = 0
         self._suppress_api_errors = False
         self.cycles = 0
@@ -225,15 +229,21 @@ class Watcher:
         start_mono = self._clock.monotonic()
         interval = self._settings.poll.interval
         # A due time within a small slack of the cycle counts as due: a task every
-        # ``done_interval`` must not slip a whole cycle because of jitter.
+        # ``done_interval`` must not slip a whole cycle because of jitter. A deferred task
+        # gets no slack: its due time is the end of the server's Retry-After.
         horizon = start_mono + min(interval * 0.1, 1.0)
-        due = [s for s in self.tasks.values() if s.due <= horizon]
+        due = [
+            s
+            for s in self.tasks.values()
+            if s.due <= (start_mono if s.last_outcome == "deferred" else horizon)
+        ]
         skipped = len(self.tasks) - len(due)
         self._cycle_api_errors = 0
         self._suppress_api_errors = self.api_down
 
         results = await self._poll_all(due, deadline=start_mono + interval)
         now = self._clock.now()
+        self._follow_wall_clock(now)
         changes: list[Transition] = []
         changes += self._judge_api(results, now)
         polled = failed = 0
@@ -306,6 +316,34 @@ class Watcher:
             for n in range(workers):
                 group.create_task(worker(), name=f"poll-worker-{n}")
         return [r for r in results if r is not None]  # every slot is filled by now
+
+    def _follow_wall_clock(self, now: datetime) -> None:
+        """Carry our own poll times over a step of the wall clock (NTP, an operator, a VM
+        resumed): when wall time since the last cycle differs from monotonic time by more
+        than the skew tolerance, the moments that durations are measured from move by that
+        step, so no_progress, review_overdue, [rules.for], repeat_interval and flapping keep
+        measuring elapsed time, and a step neither mass-fires nor mass-resolves. (Monotonic
+        time stops while a host is suspended: that time is not counted either.)"""
+        mono = self._clock.monotonic()
+        mark, self._wall_mark = self._wall_mark, (now, mono)
+        if mark is None:
+            return
+        step = (now - mark[0]) - timedelta(seconds=mono - mark[1])
+        if abs(step) <= SKEW_TOLERANCE:
+            return
+        self._log.warning("clock.jump", step_s=round(step.total_seconds(), 1), local_time=iso(now))
+        for state in self.tasks.values():
+            if state.history is not None:
+                state.history = _shifted_history(state.history, step)
+                self._journal.touch(state)
+            if state.alerts:
+                moved = {rule: _shifted_alert(alert, step) for rule, alert in state.alerts.items()}
+                self._journal.track(state.alerts, moved)
+                state.alerts = moved
+        if self.api_alerts:
+            moved = {rule: _shifted_alert(alert, step) for rule, alert in self.api_alerts.items()}
+            self._journal.track(self.api_alerts, moved)
+            self.api_alerts = moved
 
     # --- the API as a whole --------------------------------------------------------------------
 
@@ -496,6 +534,34 @@ def _api_finding(rejected: list[PollFailed], requests: int, streak: int) -> Find
             },
         )
     return None
+
+
+def _shifted(moment: datetime, step: timedelta) -> datetime:
+    try:
+        return moment + step
+    except OverflowError:  # a moment at the edge of the datetime range stays where it is
+        return moment
+
+
+def _shifted_history(history: TaskHistory, step: timedelta) -> TaskHistory:
+    review = history.review_since
+    return replace(
+        history,
+        progress_since=_shifted(history.progress_since, step),
+        review_since=None if review is None else _shifted(review, step),
+    )
+
+
+def _shifted_alert(alert: Alert, step: timedelta) -> Alert:
+    """The moments alert timing is measured from (not starts_at/ends_at: reported facts)."""
+    pending, sent, clear = alert.pending_since, alert.last_sent_at, alert.clear_since
+    return replace(
+        alert,
+        pending_since=None if pending is None else _shifted(pending, step),
+        last_sent_at=None if sent is None else _shifted(sent, step),
+        clear_since=None if clear is None else _shifted(clear, step),
+        flips=tuple(_shifted(t, step) for t in alert.flips),
+    )
 
 
 def _task_fields_from_key(key: str | None, tasks: dict[str, TaskState]) -> dict[str, object]:

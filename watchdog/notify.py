@@ -278,6 +278,10 @@ class Notifier:
                 await wake.wait()
                 continue
             wait = delivery.next_attempt_at - self._clock.now().timestamp()
+            if wait > MAX_RETRY_WAIT:
+                # No retry is ever scheduled further ahead: the wall clock was stepped back.
+                # Try now rather than wait out the step (hours); a retry is rescheduled anew.
+                wait = 0.0
             if wait > 0:
                 idle.set()  # nothing due: a drain need not wait for this retry
                 with contextlib.suppress(TimeoutError):
