@@ -1,3 +1,5 @@
-"""Placeholder until the benchmark suite lands."""
+"""``python -m bench`` (``make bench``): every benchmark, then docs/performance.md."""
 
-raise SystemExit("the benchmark suite is being written")
+from bench.suite import main
+
+raise SystemExit(main())
