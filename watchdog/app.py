@@ -21,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from watchdog.client import SmartDocumentorClient
 from watchdog.clock import Clock, SystemClock
 from watchdog.cycle import CycleReport, Watcher
-from watchdog.errors import ConfigError, WatchdogError
+from watchdog.errors import EXIT_CRASHED, EXIT_FORCED, EXIT_OK, ConfigError, WatchdogError
 from watchdog.logs import Logger, get_logger
 from watchdog.metrics import Metrics
 from watchdog.models import ApiErrorInfo, iso
@@ -34,12 +34,6 @@ from watchdog.tasks import file_signature, watched_tasks
 from watchdog.vitals import Heartbeat, Vitals, systemd_watchdog
 
 HOUSEKEEPING_INTERVAL = 3600.0
-
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_STARTUP = 3
-EXIT_CRASHED = 4
-EXIT_FORCED = 130
 
 
 class App:

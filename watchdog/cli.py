@@ -13,8 +13,14 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from watchdog import logs
-from watchdog.app import EXIT_CONFIG, EXIT_CRASHED, EXIT_OK, EXIT_STARTUP, App
-from watchdog.errors import ConfigError, StartupError
+from watchdog.errors import (
+    EXIT_CONFIG,
+    EXIT_CRASHED,
+    EXIT_OK,
+    EXIT_STARTUP,
+    ConfigError,
+    StartupError,
+)
 from watchdog.settings import Settings, load_settings, masked
 from watchdog.tasks import watched_tasks
 
@@ -129,6 +135,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
 
 
 def _run_daemon(settings: Settings, args: argparse.Namespace) -> int:
+    from watchdog.app import App  # noqa: PLC0415 (lazy: validate and health start fast)
+
     app = App(settings, reload=lambda: _load(args))
     try:
         return asyncio.run(app.serve())

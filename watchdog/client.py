@@ -207,7 +207,10 @@ class SmartDocumentorClient:
         if self._connector_factory is not None:
             connector = self._connector_factory()
         else:
-            connector = aiohttp.TCPConnector(ssl=self._ssl_context(), limit=api.concurrency)
+            # ssl=True: aiohttp's own verified default context, built once at its import;
+            # a context of ours only to add the ca_file trust anchors
+            tls: ssl.SSLContext | bool = self._ssl_context() if api.ca_file is not None else True
+            connector = aiohttp.TCPConnector(ssl=tls, limit=api.concurrency)
         session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=api.timeout),

@@ -13,6 +13,13 @@ boundary that sees them, with ``raise … from``; code above a boundary catches 
 
 from __future__ import annotations
 
+# The exit codes of PRODUCT.md, here so that the CLI need not import the daemon to know them.
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+EXIT_CRASHED = 4
+EXIT_FORCED = 130
+
 
 class WatchdogError(Exception):
     """Base of every error this package raises on purpose."""
