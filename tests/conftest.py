@@ -15,6 +15,8 @@ from watchdog import logs
 from watchdog.settings import Settings, load_settings
 from watchdog.simulator import Simulator
 
+pytest_plugins = ("tests.secretscan",)  # session-wide scan for leaked fake secrets (issue 5)
+
 TOKEN = "test-token-7f3a9c"  # scanned for in captured output: it must never be logged
 
 

@@ -98,6 +98,9 @@ class Watcher:
         self._store = store
         self._notifier = notifier
         self._journal = Journal()
+        #: alert changes to log once they are committed (a log line must never announce an
+        #: alert that a crash before the commit would forget: it would fire again, anew)
+        self._unlogged: list[tuple[Sequence[Transition], TaskStatus | None]] = []
         self._poller = poller
         self._clock = clock
         self._log = log or get_logger()
@@ -142,7 +145,7 @@ class Watcher:
         for key, ref in wanted.items():
             if key not in self.tasks:
                 self.tasks[key] = TaskState(ref=ref)
-        log_changes(self._log, changes)
+        self._unlogged.append((changes, None))
         self.commit(changes, leaving)
         return changes
 
@@ -170,6 +173,7 @@ class Watcher:
         journal = self._journal
         if self._store is None:
             journal.clear()
+            self._log_committed()
             return
         wall = self._clock.now().timestamp()
         rows = journal.changed_rows(wall, self._clock.monotonic())
@@ -187,10 +191,16 @@ class Watcher:
             deleted_alerts=list(journal.deleted),
             deliveries=deliveries,
             meta={"api_failed_streak": str(self._all_failed_streak)},
-        )
+        )  # StoreError: the daemon stops (exit 4) without announcing what it could not keep
         journal.clear()
+        self._log_committed()
         if deliveries and self._notifier is not None:
             self._notifier.wake()
+
+    def _log_committed(self) -> None:
+        unlogged, self._unlogged = self._unlogged, []
+        for changes, status in unlogged:
+            log_changes(self._log, changes, status)
 
     @property
     def api_down(self) -> bool:
@@ -375,7 +385,7 @@ class Watcher:
             scope=(Rule.API_UNAVAILABLE,),
         )
         self._journal.track(previous, self.api_alerts)
-        log_changes(self._log, changes)
+        self._unlogged.append((changes, None))
         return changes
 
     # --- one task ------------------------------------------------------------------------------
@@ -495,7 +505,7 @@ class Watcher:
             scope=scope, reason=reason, force=force, workspace_id=workspace,
         )  # fmt: skip
         self._journal.track(previous, state.alerts)
-        log_changes(self._log, changes, state.status)
+        self._unlogged.append((changes, state.status))
         return changes
 
 

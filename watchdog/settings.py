@@ -119,9 +119,12 @@ OptionalStr = Annotated[str | None, BeforeValidator(_empty_to_none)]
 
 
 def is_loopback_host(host: str) -> bool:
-    """127.0.0.0/8, ::1 and localhost."""
+    """127.0.0.0/8, ::1 and localhost.
+
+    Not ``*.localhost``: most resolvers send those names to DNS, which may answer with any
+    address, and http:// would then carry the token in clear text off the machine."""
     host = host.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -130,7 +133,11 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _check_http_url(value: str, *, what: str) -> str:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # raises for a port that is not a number in 0-65535
+    except ValueError:  # the message would quote the URL, which may carry credentials
+        raise ValueError(f"{what} is not a valid URL (host or port)") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http:// or https:// URL with a host")
     return value
@@ -144,6 +151,10 @@ def redact_url(url: str) -> str:
         host = f"[{host}]"
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}"
+
+
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")  # a bearer token: visible ASCII
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token
 
 
 class _Section(BaseModel):
@@ -169,7 +180,21 @@ class ApiSettings(_Section):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str) -> str:
-        return _check_http_url(value.rstrip("/"), what="base_url")
+        value = _check_http_url(value.rstrip("/"), what="base_url")
+        parts = urlsplit(value)
+        if parts.username is not None or parts.password is not None:
+            # aiohttp refuses user-info next to our Authorization header, and validate would
+            # print it: credentials belong in token or client_id / client_secret
+            raise ValueError("base_url must not contain credentials (user:password@)")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not _HEADER_TOKEN.fullmatch(value.get_secret_value()):
+            # it becomes "Authorization: Bearer <token>"; aiohttp refuses control characters
+            raise ValueError("token must be printable ASCII without spaces")
+        return value
 
     @model_validator(mode="after")
     def _auth_and_scheme(self) -> ApiSettings:
@@ -282,6 +307,17 @@ class WebhookSettings(_Section):
     @classmethod
     def _url(cls, value: str) -> str:
         return _check_http_url(value, what="url")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        # aiohttp refuses such a request, which would drop every delivery to this webhook
+        for name, text in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError("header names must be HTTP tokens (letters, digits, '-', …)")
+            if any((ord(ch) < 0x20 and ch != "\t") or ord(ch) == 0x7F for ch in text):
+                raise ValueError(f"header {name}: the value contains a control character")
+        return value
 
     @model_validator(mode="after")
     def _one_secret(self) -> WebhookSettings:
@@ -447,7 +483,7 @@ class _SecretsDirSource(_WholeSource):
 
     def __call__(self) -> dict[str, Any]:
         directory = _SECRETS_DIR.get()
-        if directory is None or not directory.is_dir():
+        if directory is None or not _is_dir(directory):
             return {}
         result: dict[str, Any] = {}
         for entry in sorted(directory.iterdir()):
@@ -571,12 +607,12 @@ def load_settings(
 ) -> Settings:
     """Build the settings; raise ``ConfigError`` naming every bad key."""
     toml_path = Path(config_file) if config_file else None
-    if toml_path is not None and not toml_path.is_file():
+    if toml_path is not None and not _is_file(toml_path):
         raise ConfigError([("--config", f"file not found: {toml_path}")])
     secrets = Path(secrets_dir) if secrets_dir else None
     if secrets is None and use_default_secrets_dir:
         secrets = default_secrets_dir()
-    elif secrets is not None and not secrets.is_dir():
+    elif secrets is not None and not _is_dir(secrets):
         raise ConfigError([("--secrets-dir", f"not a directory: {secrets}")])
     token_toml = _TOML_FILE.set(toml_path)
     token_secrets = _SECRETS_DIR.set(secrets)
@@ -597,9 +633,24 @@ def load_settings(
     return settings
 
 
+def _is_file(path: Path) -> bool:
+    """``Path.is_file`` that answers False, not OSError, for e.g. a name that is too long."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _check_files(settings: Settings) -> None:
     problems: list[tuple[str, str]] = []
-    if settings.api.ca_file is not None and not settings.api.ca_file.is_file():
+    if settings.api.ca_file is not None and not _is_file(settings.api.ca_file):
         problems.append(("api.ca_file", f"file not found: {settings.api.ca_file}"))
     for i, hook in enumerate(settings.alerts.webhooks):
         if hook.secret_file is not None:

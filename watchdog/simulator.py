@@ -532,7 +532,7 @@ class Simulator:
         value = value.strip()
         if scheme.lower() != "bearer" or not value:
             return False
-        if self._token is not None and hmac.compare_digest(value, self._token):
+        if self._token is not None and _same(value, self._token):
             return True
         expiry = self._tokens.get(value)
         return expiry is not None and self._clock.monotonic() < expiry
@@ -564,8 +564,8 @@ class Simulator:
         form = await request.post()
         field = {key: value for key, value in form.items() if isinstance(value, str)}
         if self._client is None or not (
-            hmac.compare_digest(field.get("client_id", ""), self._client[0])
-            and hmac.compare_digest(field.get("client_secret", ""), self._client[1])
+            _same(field.get("client_id", ""), self._client[0])
+            and _same(field.get("client_secret", ""), self._client[1])
         ):
             return web.json_response({"error": "invalid_client"}, status=400)
         if field.get("grant_type") != "client_credentials":
@@ -610,6 +610,13 @@ class Simulator:
 
 
 _JSON = "application/json"
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality, on bytes: compare_digest refuses non-ASCII str (was a 500)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
 
 
 def _unauthorized() -> web.Response:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -136,7 +137,9 @@ class Store:
         try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreError(f"state path {self.path}: cannot open: {exc}") from exc
+            raise StoreError(
+                f"state path {self.path}: cannot open: {_describe(exc, self.path)}"
+            ) from exc
         try:
             db.execute("PRAGMA busy_timeout = 5000")
             # A corrupt or foreign file fails here, before anything is written to it.
@@ -160,7 +163,7 @@ class Store:
             raise
         except sqlite3.Error as exc:
             db.close()
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
         self._db = db
 
     def close(self) -> None:
@@ -210,7 +213,7 @@ class Store:
                 raise
             db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
 
     # --- load -------------------------------------------------------------------------------
 
@@ -237,7 +240,7 @@ class Store:
             ]
             meta = dict(self.db.execute("SELECT name, value FROM meta").fetchall())
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
         except (ValueError, KeyError, TypeError, ApiError) as exc:
             raise StoreError(
                 f"state file {self.path} holds data this version cannot read: {exc}"
@@ -308,7 +311,7 @@ class Store:
                 (target,),
             ).fetchone()
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
         return _delivery(row) if row else None
 
     def delivered(self, seq: int) -> None:
@@ -326,13 +329,13 @@ class Store:
         try:
             return [r[0] for r in self.db.execute("SELECT DISTINCT target FROM outbox")]
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
 
     def outbox_depth(self) -> int:
         try:
             return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
 
     def drop_target(self, target: str) -> list[Delivery]:
         """Remove every delivery of a receiver that is no longer configured."""
@@ -365,7 +368,7 @@ class Store:
             self.db.executescript("PRAGMA incremental_vacuum;")  # runs to the end
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
-            raise StoreError(f"state file {self.path}: {_describe(exc)}") from exc
+            raise StoreError(f"state file {self.path}: {_describe(exc, self.path)}") from exc
         return {"alerts": alerts, "tasks": len(stale)}
 
 
@@ -392,8 +395,13 @@ def _run_script(db: sqlite3.Connection, script: str) -> None:
             db.execute(statement)
 
 
-def _describe(exc: sqlite3.Error) -> str:
+def _describe(exc: sqlite3.Error, path: Path) -> str:
     text = str(exc)
+    # SQLite keeps errno to itself ("unable to open database file", "disk I/O error"): ask the
+    # file system, so the message says read-only or full whatever SQLite called it
+    problem = _file_system_problem(path.parent)
+    if problem is not None:
+        return f"{text} ({problem})"
     if "readonly" in text or "read-only" in text:
         return f"{text} (is the state folder writable by this user?)"
     if "not a database" in text or "malformed" in text:
@@ -401,6 +409,18 @@ def _describe(exc: sqlite3.Error) -> str:
     if "full" in text:
         return f"{text} (the disk is full)"
     return text
+
+
+def _file_system_problem(folder: Path) -> str | None:
+    try:
+        info = os.statvfs(folder)
+    except OSError:
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return "the file system is read-only"
+    if info.f_bavail == 0:
+        return "the disk is full"
+    return None
 
 
 def _dt(value: str | None) -> datetime | None:
