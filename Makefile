@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench soak clean
+.PHONY: demo test lint typecheck unit bench soak figures clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,11 @@ bench: $(STAMP)
 
 # The long fault variants (many SIGKILLs, thousands of cycles); not part of `make test`.
 soak: $(STAMP)
-	$(BIN)/pytest -m slow -p no:cacheprovider --timeout 1800
+	SD_RECORD_FIGURES=1 $(BIN)/pytest -m slow -p no:cacheprovider --timeout 1800
+
+# Re-measure the figures of docs/reliability-figures-part1.md (the default fault tests).
+figures: $(STAMP)
+	SD_RECORD_FIGURES=1 $(BIN)/pytest -p no:cacheprovider tests/test_faults.py tests/test_properties.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache .coverage*

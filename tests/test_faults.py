@@ -75,9 +75,9 @@ FIGURES_DOC = ROOT / "docs" / "reliability-figures-part1.md"
 _HEADER = """# Reliability figures, part 1
 
 Faults 1-6 and 9 of issue 5 and the property-based tests. Written by `tests/test_faults.py` and
-`tests/test_properties.py` on every run (rows of tests that did not run are kept; the `slow`
-rows come from `make soak`). Seeds are printed by the tests (`pytest -s`) and can be set with
-`SD_FAULT_SEED`.
+`tests/test_properties.py` when run with `SD_RECORD_FIGURES=1` (`make figures`; rows of tests
+that did not run are kept; the `slow` rows come from `make soak`). Seeds are printed by the
+tests (`pytest -s`) and can be set with `SD_FAULT_SEED`.
 
 | fault | expected behaviour | test | figure |
 |---|---|---|---|
@@ -98,7 +98,9 @@ class Figures:
         self.rows[f"{self.module}::{test}"] = (fault, expected, figure)
 
     def write(self) -> None:
-        if not self.rows:
+        # Only on request (`make figures`, `make soak`): a plain `make test` leaves the
+        # committed document alone, so a working tree stays clean after a test run.
+        if not self.rows or os.environ.get("SD_RECORD_FIGURES") != "1":
             return
         rows: dict[str, tuple[str, str, str]] = {}
         if FIGURES_DOC.exists():
