@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import json
 import math
 import random
@@ -76,6 +77,7 @@ def _parse_answer(body: bytes, ref: TaskRef) -> TaskStatus:
 # --- HTTP helpers -------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=16)  # a cycle sees the same few Date values over and over
 def http_date(value: str | None) -> datetime | None:
     """An HTTP-date header (``Date``, ``Retry-After``) as aware UTC, or None when absent/bad."""
     if not value:

@@ -498,6 +498,8 @@ class Watcher:
         reason: str = "cleared",
         force: bool = False,
     ) -> list[Transition]:
+        if not findings and not state.alerts:
+            return []  # the common healthy case: nothing to fire, nothing to resolve
         previous = state.alerts
         workspace = state.status.workspace_id if state.status is not None else None
         state.alerts, changes = alert_engine.step(
