@@ -10,12 +10,9 @@ skip, except under ``CI=true`` (where ``.ci/run`` installs it), where they fail.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -30,12 +27,11 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import LogCapture, make_settings
+from tests.helpers import free_port, running_service, wired
 from watchdog.alerts import Alert, Change
-from watchdog.client import SmartDocumentorClient
 from watchdog.clock import SystemClock
 from watchdog.cycle import Watcher
-from watchdog.logs import get_logger
-from watchdog.models import ApiErrorInfo, Rule, TaskRef
+from watchdog.models import Rule, TaskRef
 from watchdog.notify import Notifier
 from watchdog.scenarios import stuck_in_queue
 from watchdog.simulator import Simulator
@@ -107,13 +103,6 @@ async def hook(aiohttp_server: AiohttpServer) -> Hook:
     return receiver
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def alertmanager_log(tmp_path: Path) -> Path:
     """Where the binary's output goes (shown when it fails to start)."""
@@ -131,46 +120,17 @@ async def alertmanager(
     storage.mkdir()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with alertmanager_log.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            alertmanager_binary,
-            f"--config.file={config}",
-            f"--storage.path={storage}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--cluster.listen-address=",
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        await _wait_ready(url, process, alertmanager_log)
+    argv = [
+        alertmanager_binary,
+        f"--config.file={config}",
+        f"--storage.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+    ]
+    async with running_service(
+        "alertmanager", argv, url, alertmanager_log, ready_within=READY_TIMEOUT
+    ):
         yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=5)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while time.monotonic() < deadline:
-            if process.returncode is not None:
-                pytest.fail(f"alertmanager exited with {process.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(f"{url}/-/ready") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(POLL)
-    pytest.fail(f"alertmanager not ready within {READY_TIMEOUT} s:\n{_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
 
 
 async def active_alerts(url: str) -> list[dict[str, Any]]:
@@ -215,28 +175,8 @@ async def pipeline(
         state={"path": str(tmp_path / "s.db")},
         rules={"queued_max": 0.001},  # every queued task is stuck in the first cycle
     )
-    clock = SystemClock()
-    store = Store(settings.state.path)
-    store.open()
-    notifier = Notifier(settings, store, clock, get_logger())
-    holder: list[Watcher] = []
-
-    def report_error(info: ApiErrorInfo) -> None:
-        holder[0].on_api_error(info)
-
-    try:
-        async with SmartDocumentorClient(settings.api, on_error=report_error, clock=clock) as c:
-            watcher = Watcher(settings, c, clock, store=store, notifier=notifier)
-            holder.append(watcher)
-            watcher.restore(store.load())
-            watcher.set_tasks(refs)
-            await notifier.start()
-            try:
-                yield watcher, notifier, store
-            finally:
-                await notifier.close()
-    finally:
-        store.close()
+    async with wired(settings, refs) as parts:
+        yield parts
 
 
 def when(text: str) -> datetime:

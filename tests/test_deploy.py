@@ -26,6 +26,7 @@ import pytest
 import yaml
 
 from tests.conftest import TOKEN
+from tests.helpers import free_port
 from watchdog.scenarios import healthy
 from watchdog.settings import PollSettings, TasksSettings, parse_duration
 from watchdog.simulator import Simulator
@@ -56,16 +57,6 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed, and CI must run this test")
         pytest.skip(f"{name} is not installed")
     return found
-
-
-def free_port() -> int:
-    """A free TCP port on loopback, never one of the well-known ones a real service may hold."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in RESERVED_PORTS:
-            return port
 
 
 def child_env() -> dict[str, str]:

@@ -43,6 +43,7 @@ from aiohttp.typedefs import Handler
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import TOKEN, LogCapture, make_settings
+from tests.helpers import free_port
 from watchdog.alerts import Change, Transition
 from watchdog.app import App
 from watchdog.client import STATUS_PATH, SmartDocumentorClient
@@ -271,13 +272,6 @@ def fired(reports: Sequence[CycleReport]) -> list[tuple[str, str]]:
         for t in r.transitions
         if t.change is Change.FIRED
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def attempt_runs(

@@ -19,11 +19,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.conftest import LogCapture, make_settings
-from watchdog.client import SmartDocumentorClient
-from watchdog.clock import SystemClock
+from tests.helpers import wired
 from watchdog.cycle import Watcher
-from watchdog.logs import get_logger
-from watchdog.models import ApiErrorInfo, TaskRef
+from watchdog.models import TaskRef
 from watchdog.notify import Notifier
 from watchdog.scenarios import failed, stuck_in_queue
 from watchdog.simulator import Simulator
@@ -76,28 +74,8 @@ async def pipeline(
     settings = make_settings(
         sim.base_url, alerts=alerts, state={"path": str(tmp_path / "state.db")}, **sections
     )
-    clock = SystemClock()
-    store = Store(settings.state.path)
-    store.open()
-    notifier = Notifier(settings, store, clock, get_logger())
-    holder: list[Watcher] = []
-
-    def report_error(info: ApiErrorInfo) -> None:
-        holder[0].on_api_error(info)
-
-    try:
-        async with SmartDocumentorClient(settings.api, on_error=report_error, clock=clock) as c:
-            watcher = Watcher(settings, c, clock, store=store, notifier=notifier)
-            holder.append(watcher)
-            watcher.restore(store.load())
-            watcher.set_tasks(refs)
-            await notifier.start()
-            try:
-                yield watcher, notifier, store
-            finally:
-                await notifier.close()
-    finally:
-        store.close()
+    async with wired(settings, refs) as parts:
+        yield parts
 
 
 async def wait_for(predicate: Callable[[], bool]) -> None:

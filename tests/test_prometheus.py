@@ -15,7 +15,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -32,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import TOKEN, LogCapture, make_settings
+from tests.helpers import free_port, running_service
 from watchdog.app import App
 from watchdog.scenarios import stuck_in_queue
 from watchdog.settings import Settings
@@ -75,13 +75,6 @@ FAMILIES: dict[str, tuple[str, frozenset[str]]] = {
 PHASES = ("queued", "processing", "review", "done", "failed")
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def eventually(check: Callable[[], Awaitable[T]], within: float = WAIT_TIMEOUT) -> T:
@@ -239,46 +232,14 @@ async def prometheus(
     log_path = tmp_path / "prometheus.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            prometheus_binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={storage}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-        )
-    try:
-        await _wait_ready(url, process, log_path)
+    argv = [
+        prometheus_binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={storage}",
+        f"--web.listen-address=127.0.0.1:{port}",
+    ]
+    async with running_service("prometheus", argv, url, log_path, ready_within=READY_TIMEOUT):
         yield url
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), timeout=10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-
-async def _wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as session:
-        while time.monotonic() < deadline:
-            if process.returncode is not None:
-                pytest.fail(f"prometheus exited with {process.returncode}:\n{_tail(log)}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with session.get(f"{url}/-/ready") as response:
-                    if response.status == 200:
-                        return
-            await asyncio.sleep(POLL)
-    pytest.fail(f"prometheus not ready within {READY_TIMEOUT} s:\n{_tail(log)}")
-
-
-def _tail(log: Path) -> str:
-    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
 
 
 Vector = list[tuple[dict[str, str], float]]

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,17 +15,11 @@ from typing import Any
 from aiohttp import web
 
 from tests.conftest import TOKEN
+from tests.helpers import free_port
 from watchdog.scenarios import stuck_in_queue
 from watchdog.simulator import Simulator
 
 SCRIPT = str(Path(sys.executable).parent / "sd-watchdog")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Receiver:

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -43,6 +42,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TOKEN
+from tests.helpers import free_port
 from watchdog.errors import ConfigError
 from watchdog.payloads import signature
 from watchdog.scenarios import stuck_in_queue
@@ -67,13 +67,6 @@ SECRETS = (
     SEC_TOKEN, SEC_CLIENT_SECRET, SEC_ISSUED_TOKEN, SEC_HOOK_SECRET, SEC_HOOK_FILE_SECRET,
     SEC_URL_PASS, SEC_QUERY, SEC_HEADER, SEC_AM_PASS, SEC_HEARTBEAT, SEC_PROXY_PASS,
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -16,18 +16,12 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TOKEN, LogCapture, make_settings
+from tests.helpers import free_port
 from watchdog.app import App
 from watchdog.errors import StartupError
 from watchdog.scenarios import stuck_in_queue
 from watchdog.settings import Settings
 from watchdog.simulator import Simulator
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @asynccontextmanager
