@@ -139,19 +139,22 @@ class _Failure:
 
 
 class _RateLimiter:
-    """Requests per second across the client; each request reserves the next slot (burst 1)."""
+    """Requests per second across the client (burst 1). Requests are released one at a time,
+    in order, and the next release is timed from the actual moment of this one: a stalled
+    event loop delays requests but never lets a backlog out together above the rate."""
 
     def __init__(self, rate: float, clock: Clock) -> None:
         self._interval = 1.0 / rate
         self._clock = clock
         self._next = -math.inf
+        self._lock = asyncio.Lock()  # FIFO: waiters are released in arrival order
 
     async def wait(self) -> None:
-        now = self._clock.monotonic()
-        slot = max(now, self._next)
-        self._next = slot + self._interval  # reserved before sleeping: no await in between
-        if slot > now:
-            await self._clock.sleep(slot - now)
+        async with self._lock:
+            wait = self._next - self._clock.monotonic()
+            if wait > 0:
+                await self._clock.sleep(wait)
+            self._next = self._clock.monotonic() + self._interval
 
 
 @dataclass(frozen=True, slots=True)
