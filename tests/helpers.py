@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -23,6 +25,32 @@ from watchdog.models import ApiErrorInfo, TaskRef
 from watchdog.notify import Notifier
 from watchdog.settings import Settings
 from watchdog.store import Store
+
+#: the installed console script, run as a real subprocess by the CLI-level tests
+SCRIPT = str(Path(sys.executable).parent / "sd-watchdog")
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """The environment for a child sd-watchdog: none of the developer's WATCHDOG_* variables,
+    credentials folder or proxies (tests talk to loopback only), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WATCHDOG_")}
+    for name in ("CREDENTIALS_DIRECTORY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        env.pop(name, None)
+        env.pop(name.lower(), None)
+    env.update(extra)
+    return env
+
+
+async def run_script(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run ``sd-watchdog ARGS`` to completion (at most 60 s): exit code, stdout, stderr."""
+    proc = await asyncio.create_subprocess_exec(
+        SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env=env or child_env(),
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
 
 _RESERVED = frozenset({9090, 9093, 9465})  # Prometheus, Alertmanager, sd-watchdog defaults
 

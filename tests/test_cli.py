@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,10 +13,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import TOKEN
+from tests.helpers import SCRIPT, child_env
+from tests.helpers import run_script as run
 from watchdog.scenarios import healthy, stuck_in_queue
 from watchdog.simulator import Simulator
-
-SCRIPT = str(Path(sys.executable).parent / "sd-watchdog")
 
 
 def write_config(
@@ -30,25 +29,6 @@ def write_config(
         encoding="utf-8",
     )
     return path
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WATCHDOG_")}
-    env.update(extra)
-    return env
-
-
-async def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        SCRIPT,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or child_env(),
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ import math
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from tests.conftest import TOKEN
+from tests.helpers import SCRIPT, child_env, run_script
 from watchdog.errors import ConfigError
 from watchdog.scenarios import stuck_in_queue
 from watchdog.settings import Settings, load_settings, masked, redact_url
@@ -41,7 +41,6 @@ from watchdog.simulator import Simulator
 from watchdog.store import Store
 from watchdog.tasks import watched_tasks
 
-SCRIPT = str(Path(sys.executable).parent / "sd-watchdog")
 SEED = int(os.environ.get("FUZZ_SEED", "20261128"))
 
 # Fake secrets put into the secret-bearing keys of every fuzzed configuration.
@@ -392,23 +391,6 @@ def test_fuzzed_toml_long() -> None:
 
 
 # --- the real console script ------------------------------------------------------------------
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WATCHDOG_")}
-    env.pop("CREDENTIALS_DIRECTORY", None)
-    env.update(extra)
-    return env
-
-
-async def run_script(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env or child_env(),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 async def test_validate_subprocess_exits_0_or_2_without_traceback(tmp_path: Path) -> None:

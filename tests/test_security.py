@@ -42,7 +42,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import TOKEN
-from tests.helpers import free_port
+from tests.helpers import SCRIPT, child_env, free_port, run_script
 from watchdog.errors import ConfigError
 from watchdog.payloads import signature
 from watchdog.scenarios import stuck_in_queue
@@ -50,7 +50,6 @@ from watchdog.settings import ServerSettings, is_loopback_host, load_settings
 from watchdog.simulator import STATUS_PATH, TOKEN_PATH, Simulator
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = str(Path(sys.executable).parent / "sd-watchdog")
 
 SEC_TOKEN = "sec-token-5f0d2a91"
 SEC_CLIENT_SECRET = "sec-client-secret-c38e77"
@@ -67,25 +66,6 @@ SECRETS = (
     SEC_TOKEN, SEC_CLIENT_SECRET, SEC_ISSUED_TOKEN, SEC_HOOK_SECRET, SEC_HOOK_FILE_SECRET,
     SEC_URL_PASS, SEC_QUERY, SEC_HEADER, SEC_AM_PASS, SEC_HEARTBEAT, SEC_PROXY_PASS,
 )  # fmt: skip
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("WATCHDOG_")}
-    for name in ("CREDENTIALS_DIRECTORY", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
-        env.pop(name, None)
-        env.pop(name.lower(), None)
-    env.update(extra)
-    return env
-
-
-async def run_script(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        SCRIPT, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env=env or child_env(),
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def leaks(text: str) -> list[str]:
